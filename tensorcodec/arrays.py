@@ -1,0 +1,198 @@
+"""The one gate between user arrays and wire bytes.
+
+On encode, a numpy array, numpy scalar or torch tensor becomes a ``Leaf``: its
+dtype row, its shape and a flat little-endian uint8 view of its bytes. The view
+aliases the caller's memory whenever the source is already C-contiguous,
+little-endian and on the CPU; otherwise exactly one converted copy is made.
+Nothing here ever writes to the caller's memory.
+
+On decode, ``Materializer`` turns a span of message bytes back into a numpy
+array or torch tensor, as a read-only view (``copy=False``) or an owned,
+writable copy (``copy=True``).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import dtypes
+from .dtypes import DType
+
+__all__ = ["Leaf", "NUMPY", "TORCH", "SCALAR", "leaf_from_numpy", "leaf_from_torch", "Materializer"]
+
+NUMPY, TORCH, SCALAR = 1, 2, 3
+"""Leaf kinds; they double as the msgpack ext codes of tensor references."""
+
+_LITTLE = sys.byteorder == "little"
+
+# torch warns when it wraps memory it may not write; copy=False hands out such
+# views on purpose and says so in its documentation.
+warnings.filterwarnings("ignore", message=r"The given (NumPy array|buffer) is not writable", module=__name__)
+
+
+class Leaf(NamedTuple):
+    kind: int
+    dtype: DType
+    shape: tuple[int, ...]
+    data: np.ndarray[Any, np.dtype[np.uint8]]
+    """Flat, C-contiguous, little-endian bytes of the tensor."""
+
+
+def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """Flat little-endian uint8 view of ``arr``; copies only when it must."""
+    if not _LITTLE or arr.dtype.byteorder == ">":
+        arr = _to_little_endian(arr, row)
+    elif not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr.reshape(-1).view(np.uint8)
+
+
+def _to_little_endian(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:
+    """A little-endian C-contiguous copy (big-endian arrays, big-endian hosts)."""
+    width = row.itemsize // 2 if row.is_complex else row.itemsize
+    out = np.array(arr, dtype=arr.dtype, order="C", copy=True)
+    if width > 1:
+        words = out.reshape(-1).view(f"u{width}")
+        native_big = arr.dtype.byteorder == ">" or (arr.dtype.byteorder in "=|" and not _LITTLE)
+        if native_big:
+            words.byteswap(inplace=True)
+    return out.view(row.numpy.newbyteorder("<") if width > 1 and row.numpy.kind != "V" else out.dtype)
+
+
+def leaf_from_numpy(arr: np.ndarray[Any, Any] | np.generic, kind: int = NUMPY) -> Leaf | None:
+    """Leaf of a numpy array or scalar, or None if its dtype cannot travel."""
+    if kind == SCALAR:
+        arr = np.asarray(arr)
+    assert isinstance(arr, np.ndarray)
+    row = dtypes.from_numpy(arr.dtype)
+    if row is None:
+        return None
+    return tuple.__new__(Leaf, (kind, row, arr.shape, _raw_bytes(arr, row)))
+
+
+def leaf_from_torch(t: Any) -> Leaf | None:
+    """Leaf of a torch tensor (any device), or None if its dtype cannot travel.
+
+    Raises TypeError for sparse, quantized or meta tensors, which have no plain
+    byte layout to send.
+    """
+    row = dtypes.from_torch(t.dtype)
+    if row is None:
+        return None
+    try:  # numpy() refuses every case the slow path below handles
+        arr = t.numpy() if row.numpy.kind != "V" else t.view(_torch_int_of_width(row.itemsize)).numpy()
+    except (RuntimeError, TypeError):
+        t = _plain_cpu_tensor(t)
+        arr = t.numpy() if row.numpy.kind != "V" else t.view(_torch_int_of_width(row.itemsize)).numpy()
+    return tuple.__new__(Leaf, (TORCH, row, arr.shape, _raw_bytes(arr, row)))
+
+
+def _plain_cpu_tensor(t: Any) -> Any:
+    """A dense, CPU, grad-free tensor without lazy conjugate/negative bits; never mutates ``t``."""
+    import torch
+
+    if t.layout is not torch.strided or t.is_quantized or t.is_meta:
+        raise TypeError(
+            f"torch tensor with layout {t.layout}{' (quantized)' if t.is_quantized else ''}"
+            f"{' on the meta device' if t.is_meta else ''} has no dense bytes to send; "
+            "convert it with .to_dense() / .dequantize() / real data first"
+        )
+    t = t.detach()
+    if not t.is_cpu:
+        t = t.cpu()
+    return t.resolve_conj().resolve_neg()
+
+
+def _torch_int_of_width(width: int) -> Any:
+    import torch
+
+    return {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[width]
+
+
+class Materializer:
+    """Builds decoded arrays over the message's buffers, for one decode call.
+
+    numpy arrays are constructed directly over the buffer; torch tensors are
+    strided views of one typed tensor per buffer and dtype, which costs one
+    torch call per tensor instead of three.
+    """
+
+    def __init__(self, copy: bool, device: Any) -> None:
+        self.copy = copy
+        self.device = device
+        self._bases: dict[tuple[int, Any], Any] = {}
+
+    def numpy(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> np.ndarray[Any, Any]:
+        if nbytes == 0:
+            return np.empty(shape, dtype=row.numpy)
+        arr: np.ndarray[Any, Any] = np.ndarray(shape, dtype=row.numpy, buffer=buf, offset=offset)
+        if not _LITTLE and row.itemsize > 1:
+            return _from_little_endian(arr, row)
+        return arr.copy() if self.copy else arr
+
+    def scalar(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> Any:
+        return self.numpy(row, shape, nbytes, buf, offset)[()]
+
+    def torch(
+        self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int, buf_key: int | None
+    ) -> Any:
+        key = (buf_key, row)
+        base = self._bases.get(key) if buf_key is not None else None
+        if nbytes == 0:
+            base = _NO_BASE
+        elif base is None:
+            base = self._torch_base(row, buf, nbytes)
+            if buf_key is not None:
+                self._bases[key] = base
+        if base is _NO_BASE:
+            t = _numpy_to_torch(self.numpy(row, shape, nbytes, buf, offset), row)
+        else:
+            strides = []
+            step = 1
+            for d in shape[::-1]:
+                strides.append(step)
+                step *= d
+            t = base.as_strided(shape, strides[::-1], offset // row.itemsize)
+            if self.copy:
+                t = t.clone()
+        if self.device is not None:
+            t = t.to(self.device)
+        return t
+
+    def _torch_base(self, row: DType, buf: Any, nbytes: int) -> Any:
+        """One typed tensor over all of ``buf``, from which tensors are strided views."""
+        import torch
+
+        tdtype = dtypes.torch_dtype(row)
+        if tdtype is None:
+            raise TypeError(
+                f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
+            )
+        if not _LITTLE:
+            return _NO_BASE
+        whole = torch.frombuffer(buf, dtype=torch.uint8)
+        return whole[: whole.numel() - whole.numel() % row.itemsize].view(tdtype)
+
+
+_NO_BASE = object()
+
+
+def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
+    import torch
+
+    tdtype = dtypes.torch_dtype(row)
+    if row.numpy.kind == "V":
+        return torch.from_numpy(arr.view(f"u{row.itemsize}" if row.itemsize == 1 else f"i{row.itemsize}")).view(tdtype)
+    return torch.from_numpy(arr)
+
+
+def _from_little_endian(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:
+    width = row.itemsize // 2 if row.is_complex else row.itemsize
+    out = arr.copy()
+    if width > 1:
+        out.reshape(-1).view(f"u{width}").byteswap(inplace=True)
+    return out

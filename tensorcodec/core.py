@@ -1,0 +1,144 @@
+"""encode / decode: the public entry points, tying tree, arrays and wire together."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+from . import wire
+from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer
+from .errors import DecodeError
+from .tree import flatten, unflatten
+from .wire import ALIGN, DEFAULT_LIMITS, ZEROS, Limits, Rope
+
+__all__ = ["encode", "encode_frames", "encode_into", "decode"]
+
+Framework = Literal["numpy", "torch"]
+
+
+def _plan(obj: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Leaf]]:
+    if checksum is not None and checksum not in wire.CHECKSUMS:
+        raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(wire.CHECKSUMS)} or None")
+    tree, leaves = flatten(obj, max_depth)
+    entries = [[leaf.dtype.name, list(leaf.shape)] for leaf in leaves]
+    sums = [wire.CHECKSUMS[checksum](leaf.data) for leaf in leaves] if checksum else []
+    return wire.pack_header(entries, tree, checksum, sums), leaves
+
+
+def encode_frames(obj: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> list[Any]:
+    """The message as a list of buffers, for scatter-gather transports.
+
+    The first buffer is the preamble and header; the others are the tensors'
+    own memory (no copy where the tensor is C-contiguous little-endian CPU
+    memory) and the zero padding between them. ``b"".join(frames)`` equals
+    ``encode(obj)``, and ``decode`` accepts the list as it is. The frames alias
+    the caller's tensors: keep those unchanged until the frames are sent.
+    """
+    prefix, leaves = _plan(obj, checksum, max_depth)
+    frames: list[Any] = [prefix]
+    pad_source = memoryview(ZEROS)
+    pos = len(prefix)
+    for leaf in leaves:
+        n = leaf.data.nbytes
+        if n:
+            pad = -pos % ALIGN
+            if pad:
+                frames.append(pad_source[:pad])
+            frames.append(leaf.data)
+            pos += pad + n
+    return frames
+
+
+def encode(obj: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> bytes:
+    """Encode a tree of containers, scalars and tensors into one message.
+
+    ``checksum`` ("xxh3_64" or "crc32c") adds a checksum of every segment that
+    ``decode`` verifies. Each tensor's bytes are copied once, into the result.
+    Raises TypeError naming the path of an object that cannot be encoded.
+    """
+    return b"".join(encode_frames(obj, checksum=checksum, max_depth=max_depth))
+
+
+def encode_into(obj: Any, out: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> int:
+    """Encode into a caller-owned writable buffer (reused across calls); returns the bytes written.
+
+    Raises ValueError, naming the size needed, when ``out`` is too small.
+    """
+    frames = encode_frames(obj, checksum=checksum, max_depth=max_depth)
+    dst = np.frombuffer(out, dtype=np.uint8)
+    if dst.flags.writeable is False:
+        raise ValueError("encode_into needs a writable buffer")
+    size = sum(memoryview(f).nbytes for f in frames)
+    if size > dst.size:
+        raise ValueError(f"buffer of {dst.size} bytes is too small: the message needs {size}")
+    pos = 0
+    for f in frames:
+        src = np.frombuffer(f, dtype=np.uint8)
+        dst[pos : pos + src.size] = src
+        pos += src.size
+    return size
+
+
+_KINDS: dict[str | None, dict[int, int]] = {
+    None: {NUMPY: NUMPY, TORCH: TORCH, SCALAR: SCALAR},
+    "numpy": {NUMPY: NUMPY, TORCH: NUMPY, SCALAR: SCALAR},
+    "torch": {NUMPY: TORCH, TORCH: TORCH, SCALAR: TORCH},
+}
+
+
+def decode(
+    data: Any,
+    *,
+    copy: bool = True,
+    framework: Framework | None = None,
+    device: Any = None,
+    verify: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Any:
+    """Decode a message (bytes-like, or the list that ``encode_frames`` gave).
+
+    Tensors come back in the framework they were sent from, or all as
+    ``framework`` ("numpy" or "torch"); ``device`` moves torch tensors.
+    ``copy=False`` returns read-only views into ``data`` (no per-byte work but
+    checksum verification); ``copy=True`` returns writable arrays of their own.
+    ``verify`` checks segment checksums when the message carries them.
+
+    Raises DecodeError (or its subclass ChecksumError) for any malformed,
+    truncated or over-limit message, naming what is wrong.
+    """
+    if framework not in _KINDS:
+        raise ValueError(f"framework must be 'numpy', 'torch' or None, not {framework!r}")
+    kinds = _KINDS[framework]
+    rope = Rope(data)
+    header = wire.parse_message(rope, limits, verify)
+    entries = header.entries
+    offsets = header.offsets
+    make = Materializer(copy, device)
+    cache: dict[tuple[int, int], Any] = {}
+
+    def tensor(index: int, sent_kind: int) -> Any:
+        kind = kinds[sent_kind]
+        value = cache.get((index, kind))
+        if value is not None:
+            return value
+        entry = entries[index]
+        try:
+            if entry.stages:
+                from .codecs import decode_entry
+
+                value = decode_entry(entry, offsets, rope, make, kind)
+            else:
+                buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
+                if kind == TORCH:
+                    value = make.torch(entry.dtype, entry.shape, entry.nbytes, buf, offset, part)
+                elif kind == NUMPY:
+                    value = make.numpy(entry.dtype, entry.shape, entry.nbytes, buf, offset)
+                else:
+                    value = make.scalar(entry.dtype, entry.shape, entry.nbytes, buf, offset)
+        except TypeError as e:
+            raise DecodeError(f"tensor {index}: {e}") from None
+        cache[(index, kind)] = value
+        return value
+
+    return unflatten(header.tree, tensor, len(entries), limits.max_depth)

@@ -1,0 +1,287 @@
+"""Trees of containers and scalars to msgpack and back.
+
+The tree travels as msgpack. Plain msgpack already carries dict (str keys),
+list, str, bytes, int (64-bit), float, bool and None; everything else is a
+msgpack ext type whose code is listed in ``docs/format.md``:
+
+=====  =====================================================
+code   meaning (payload)
+=====  =====================================================
+1      numpy array: index into the tensor table (LE uint)
+2      torch tensor: index into the tensor table (LE uint)
+3      numpy scalar: index into the tensor table (LE uint)
+4      tuple: a msgpack array of the items
+5      int beyond 64 bits: signed little-endian two's complement
+6      bytearray: the bytes
+=====  =====================================================
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import msgpack
+import numpy as np
+
+from .arrays import NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
+from .errors import DecodeError
+
+__all__ = ["flatten", "unflatten", "format_path", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
+
+EXT_TUPLE, EXT_BIGINT, EXT_BYTEARRAY = 4, 5, 6
+_TENSOR_EXTS = (NUMPY, TORCH, SCALAR)
+_INT64_MIN, _UINT64_MAX = -(1 << 63), (1 << 64) - 1
+_SUPPORTED = "dict (str keys), list, tuple, str, bytes, bytearray, int, float, bool, None, numpy arrays and scalars, torch tensors"
+
+
+class _PathError(Exception):
+    """Carries the path of an offending leaf up the recursion; re-raised as TypeError/ValueError."""
+
+    def __init__(self, exc_type: type[Exception], message: str) -> None:
+        super().__init__(message)
+        self.exc_type = exc_type
+        self.message = message
+        self.path: list[Any] = []
+
+
+def format_path(path: list[Any]) -> str:
+    return "root" + "".join(f"[{p!r}]" for p in path)
+
+
+_PAYLOADS: list[bytes] = []
+
+
+def _ref(kind: int, index: int) -> msgpack.ExtType:
+    """ExtType referring to a table entry; payloads are interned (msgpack's own constructor is slow)."""
+    if index < len(_PAYLOADS):
+        payload = _PAYLOADS[index]
+    elif index < 0x10000:
+        _PAYLOADS.extend(i.to_bytes(1 if i < 0x100 else 2, "little") for i in range(len(_PAYLOADS), index + 1))
+        payload = _PAYLOADS[index]
+    else:
+        payload = index.to_bytes(4, "little")
+    return tuple.__new__(msgpack.ExtType, (kind, payload))
+
+
+class _Flattener:
+    """One encode: walks the tree, collects leaves, sends a tensor seen twice once."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.leaves: list[Leaf] = []
+        self._by_id: dict[int, tuple[Any, int]] = {}
+        self._by_ptr: dict[int, list[tuple[Any, int]]] = {}
+        torch = sys.modules.get("torch")  # a torch tensor implies torch is imported
+        self._tensor_type: Any = torch.Tensor if torch is not None else ()
+        self._tensor_exact = (torch.Tensor, torch.nn.Parameter) if torch is not None else ()
+
+    def walk(self, obj: Any, depth: int) -> Any:
+        t = type(obj)
+        if t in _PLAIN:
+            return obj if t is not int or _INT64_MIN <= obj <= _UINT64_MAX else _bigint(obj)
+        if t in self._tensor_exact or t is np.ndarray:
+            return self._leaf(obj)
+        if depth >= self.max_depth:
+            raise _PathError(ValueError, f"nesting deeper than max_depth={self.max_depth} (a reference cycle?)")
+        if isinstance(obj, dict):
+            out = {}
+            for k, v in obj.items():
+                if type(k) is not str:
+                    raise _PathError(
+                        TypeError, f"dict key {k!r} of type {type(k).__name__} is not a str; only str keys can be encoded"
+                    )
+                try:
+                    tv = type(v)
+                    if tv in self._tensor_exact or tv is np.ndarray:
+                        out[k] = self._leaf(v)
+                    elif tv is str or tv is float or tv is bool or v is None:
+                        out[k] = v
+                    else:
+                        out[k] = self.walk(v, depth + 1)
+                except _PathError as e:
+                    e.path.append(k)
+                    raise
+            return out
+        if isinstance(obj, (list, tuple)):
+            items = []
+            for i, v in enumerate(obj):
+                try:
+                    items.append(self.walk(v, depth + 1))
+                except _PathError as e:
+                    e.path.append(i)
+                    raise
+            if isinstance(obj, tuple):
+                return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, _pack(items)))
+            return items
+        if isinstance(obj, (np.ndarray, np.generic, self._tensor_type)):
+            return self._leaf(obj)
+        # Subclasses (IntEnum, str enums, ...) travel as their base type.
+        for base in (bool, int, float, str, bytes):
+            if isinstance(obj, base):
+                return self.walk(base(obj), depth)
+        if isinstance(obj, bytearray):
+            return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
+        raise _PathError(
+            TypeError, f"cannot encode an object of type {t.__module__}.{t.__qualname__}; supported: {_SUPPORTED}"
+        )
+
+    def _leaf(self, obj: Any) -> msgpack.ExtType:
+        """Reference to ``obj``'s table entry, adding the entry unless the same tensor is there."""
+        if isinstance(obj, np.ndarray):
+            kind = NUMPY
+            seen = self._by_id.get(id(obj))
+            if seen is not None:
+                return _ref(NUMPY, seen[1])
+            leaf = leaf_from_numpy(obj)
+            self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
+        elif isinstance(obj, np.generic):
+            kind = SCALAR
+            leaf = leaf_from_numpy(obj, SCALAR)
+        else:
+            kind = TORCH
+            # Tensors sharing storage, offset and layout (tied weights) are sent once.
+            ptr = obj.data_ptr()
+            if ptr:
+                for other, index in self._by_ptr.get(ptr, ()):
+                    if (
+                        other.dtype == obj.dtype
+                        and other.shape == obj.shape
+                        and other.stride() == obj.stride()
+                        and other.device == obj.device
+                    ):
+                        return _ref(TORCH, index)
+                self._by_ptr.setdefault(ptr, []).append((obj, len(self.leaves)))
+            try:
+                leaf = leaf_from_torch(obj)
+            except TypeError as e:
+                raise _PathError(TypeError, str(e)) from None
+        if leaf is None:
+            raise _PathError(
+                TypeError, f"dtype {obj.dtype} cannot be encoded; tensorcodec.DTYPES lists the supported ones"
+            )
+        self.leaves.append(leaf)
+        return _ref(kind, len(self.leaves) - 1)
+
+
+_PLAIN = {str, float, bool, bytes, int, type(None)}
+
+
+def _bigint(v: int) -> msgpack.ExtType:
+    return msgpack.ExtType(EXT_BIGINT, v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True))
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def flatten(obj: Any, max_depth: int) -> tuple[bytes, list[Leaf]]:
+    """msgpack bytes of the tree and its tensors in table order.
+
+    Raises TypeError (unsupported object) or ValueError (too deep) naming the
+    path of the offending object.
+    """
+    f = _Flattener(max_depth)
+    try:
+        tree = f.walk(obj, 0)
+    except _PathError as e:
+        raise e.exc_type(f"{format_path(e.path[::-1])}: {e.message}") from None
+    return _pack(tree), f.leaves
+
+
+def unflatten(
+    data: bytes | memoryview,
+    tensor: Callable[[int, int], Any],
+    n_tensors: int,
+    max_depth: int,
+) -> Any:
+    """The tree from its msgpack bytes; ``tensor(index, kind)`` resolves references.
+
+    Raises DecodeError for anything malformed: unknown ext codes, duplicate or
+    non-str keys, bad indices, nesting beyond ``max_depth``, and table entries
+    that the tree never references.
+    """
+    referenced = bytearray(n_tensors)
+
+    def pairs(items: list[tuple[Any, Any]]) -> dict[str, Any]:
+        d = dict(items)
+        if len(d) != len(items):
+            seen: set[Any] = set()
+            dup = next(k for k, _ in items if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+            raise DecodeError(f"tree: duplicate dict key {dup!r}")
+        for k in d:
+            if type(k) is not str:
+                raise DecodeError(f"tree: dict key {k!r} is not a str")
+        return d
+
+    def ext(code: int, payload: bytes) -> Any:
+        if code in _TENSOR_EXTS:
+            if len(payload) not in (1, 2, 4):
+                raise DecodeError(f"tree: tensor reference of {len(payload)} bytes (expected 1, 2 or 4)")
+            index = int.from_bytes(payload, "little")
+            if index >= n_tensors:
+                raise DecodeError(f"tree: reference to tensor {index}, but the table has {n_tensors}")
+            referenced[index] = 1
+            return tensor(index, code)
+        if code == EXT_TUPLE:
+            items = unpack(payload)
+            if type(items) is not list:
+                raise DecodeError("tree: tuple payload is not a msgpack array")
+            return _Tuple(items)
+        if code == EXT_BIGINT:
+            if not payload:
+                raise DecodeError("tree: empty big-int payload")
+            return int.from_bytes(payload, "little", signed=True)
+        if code == EXT_BYTEARRAY:
+            return bytearray(payload)
+        raise DecodeError(f"tree: unknown ext type code {code}")
+
+    def unpack(b: bytes | memoryview) -> Any:
+        return msgpack.unpackb(
+            b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs
+        )
+
+    try:
+        tree = unpack(data)
+    except DecodeError:
+        raise
+    except Exception as e:  # msgpack reports malformed input through many types
+        raise DecodeError(f"tree: malformed msgpack ({type(e).__name__}: {e})") from None
+    tree = _finish(tree, max_depth)
+    missing = referenced.find(0)
+    if missing >= 0:
+        raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
+    return tree
+
+
+class _Tuple(list):  # type: ignore[type-arg]
+    """Marks a decoded tuple until _finish converts it (msgpack builds bottom-up)."""
+
+
+def _finish(tree: Any, max_depth: int) -> Any:
+    """Checks the nesting depth and turns _Tuple markers into tuples, in one walk."""
+    stack: list[tuple[Any, int]] = [(tree, 0)]
+    fixups: list[tuple[Any, Any, _Tuple]] = []
+    while stack:
+        node, depth = stack.pop()
+        t = type(node)
+        if t is dict:
+            items: Any = node.items()
+        elif t is list or t is _Tuple:
+            items = enumerate(node)
+        else:
+            continue
+        if depth >= max_depth:
+            raise DecodeError(f"tree: nesting deeper than max_depth={max_depth}")
+        for k, v in items:
+            tv = type(v)
+            if tv is dict or tv is list or tv is _Tuple:
+                stack.append((v, depth + 1))
+                if tv is _Tuple:
+                    fixups.append((node, k, v))
+    # Innermost first, so that a tuple's items are final before it is frozen.
+    for parent, key, marker in reversed(fixups):
+        parent[key] = tuple(marker)
+    if type(tree) is _Tuple:
+        tree = tuple(tree)
+    return tree

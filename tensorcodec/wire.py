@@ -1,0 +1,395 @@
+"""Wire format v1: the byte layout of a message, and its validation.
+
+A message is a 16-byte preamble, a msgpack header and the tensor segments,
+each segment starting at a multiple of 64 bytes. ``docs/format.md`` is the
+normative description; this module is its implementation. Every field read
+from the wire is checked here before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Sequence
+
+import msgpack
+import numpy as np
+
+from . import dtypes
+from .dtypes import DType
+from .errors import ChecksumError, DecodeError
+
+__all__ = [
+    "MAGIC",
+    "VERSION",
+    "ALIGN",
+    "PREAMBLE_SIZE",
+    "Limits",
+    "Segment",
+    "Entry",
+    "Header",
+    "Rope",
+    "CHECKSUMS",
+    "pack_header",
+    "parse_message",
+    "aligned",
+]
+
+MAGIC = b"TCDC"
+VERSION = 1
+ALIGN = 64
+_PREAMBLE = struct.Struct("<4sBBHII")  # magic, version, flags, reserved, header length, header crc32
+PREAMBLE_SIZE = _PREAMBLE.size
+_MAX_SIZE = (1 << 63) - 1
+ZEROS = bytes(ALIGN)
+ROLES = ("payload", "meta")
+
+
+def aligned(offset: int) -> int:
+    return (offset + ALIGN - 1) & -ALIGN
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that a decoder enforces before it allocates anything.
+
+    The defaults accept any message that tensorcodec's own encoder produces for
+    models up to the terabyte range while refusing headers built to exhaust
+    memory or CPU. Raise them for unusual messages; lower them for untrusted
+    peers.
+    """
+
+    max_header_bytes: int = 64 << 20
+    """Largest msgpack header accepted (bytes)."""
+    max_tensors: int = 1 << 20
+    """Most entries in the tensor table."""
+    max_segments_per_tensor: int = 16
+    """Most segments one encoded tensor may have."""
+    max_ndim: int = 64
+    """Most dimensions of one tensor (numpy's own limit)."""
+    max_depth: int = 64
+    """Deepest nesting of containers in the tree."""
+    max_decoded_bytes: int | None = None
+    """Cap on the total bytes of all decoded tensors; None: only what the message itself holds."""
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _xxh3_64(data: Any) -> int:
+    import xxhash
+
+    return int(xxhash.xxh3_64_intdigest(data))
+
+
+def _crc32c(data: Any) -> int:
+    try:
+        import google_crc32c
+    except ImportError:
+        raise DecodeError("the message uses crc32c checksums: pip install google-crc32c, or decode with verify=False") from None
+    return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) and not data.readonly else data))
+
+
+CHECKSUMS: dict[str, Callable[[Any], int]] = {"xxh3_64": _xxh3_64, "crc32c": _crc32c}
+"""Segment checksum algorithms, by wire name."""
+
+
+class Segment(NamedTuple):
+    name: str
+    role: str
+    dtype: DType
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+class Entry(NamedTuple):
+    """One validated row of the tensor table."""
+
+    dtype: DType
+    shape: tuple[int, ...]
+    nbytes: int
+    """Bytes of the decoded tensor."""
+    stages: tuple[tuple[str, dict[str, Any]], ...]
+    """Codec chain in encode order; empty for a tensor sent as its raw bytes."""
+    segments: tuple[Segment, ...]
+    """Named segments of an encoded tensor; a raw tensor has one implicit segment (``all_segments``)."""
+    first_segment: int
+    """Index of this entry's first segment in the message-wide segment list."""
+
+    def all_segments(self) -> tuple[Segment, ...]:
+        if self.stages:
+            return self.segments
+        return (Segment("data", "payload", self.dtype, self.shape, self.nbytes),)
+
+
+class Header(NamedTuple):
+    entries: list[Entry]
+    tree: bytes
+    offsets: list[int]
+    """Absolute start of every segment in the message."""
+    checksum: str | None
+    checksums: list[int]
+
+
+def pack_header(entries: list[list[Any]], tree: bytes, checksum: str | None, checksums: list[int]) -> bytes:
+    """The preamble plus the msgpack header (the padding that follows is the caller's)."""
+    body: dict[str, Any] = {"tensors": entries, "tree": tree}
+    if checksum is not None:
+        body["checksum"] = checksum
+        body["checksums"] = checksums
+    header = msgpack.packb(body, use_bin_type=True)
+    return _PREAMBLE.pack(MAGIC, VERSION, 0, 0, len(header), zlib.crc32(header)) + header
+
+
+class Rope:
+    """A message given as one buffer or as a list of frames, read as one byte string.
+
+    ``view`` hands out a zero-copy view when the span lies inside one frame and
+    a joined copy when it straddles frames.
+    """
+
+    def __init__(self, data: Any) -> None:
+        parts = data if isinstance(data, (list, tuple)) else (data,)
+        try:
+            self.parts = [memoryview(p).cast("B").toreadonly() for p in parts]
+        except TypeError as e:
+            raise TypeError(f"decode() takes a bytes-like object or a list of them: {e}") from None
+        self.starts = []
+        total = 0
+        for p in self.parts:
+            self.starts.append(total)
+            total += p.nbytes
+        self.total = total
+
+    def locate(self, start: int, n: int) -> tuple[memoryview, int, int | None]:
+        """``(buffer, offset, part index)`` holding bytes ``[start, start + n)``.
+
+        The part index is None when the span straddles frames and was copied.
+        """
+        if len(self.parts) == 1:
+            return self.parts[0], start, 0
+        i = bisect.bisect_right(self.starts, start) - 1
+        local = start - self.starts[i]
+        if local + n <= self.parts[i].nbytes:
+            return self.parts[i], local, i
+        return self.view(start, n), 0, None
+
+    def view(self, start: int, n: int) -> memoryview:
+        """Bytes ``[start, start + n)``; the caller has checked the range."""
+        if len(self.parts) == 1:
+            return self.parts[0][start : start + n]
+        i = bisect.bisect_right(self.starts, start) - 1
+        local = start - self.starts[i]
+        part = self.parts[i]
+        if local + n <= part.nbytes:
+            return part[local : local + n]
+        out = bytearray(n)
+        pos = 0
+        while pos < n:
+            chunk = self.parts[i][local : local + n - pos]
+            out[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+            i, local = i + 1, 0
+        return memoryview(out)
+
+
+def _fail(msg: str) -> DecodeError:
+    return DecodeError(msg)
+
+
+def _shape(value: Any, row: DType, what: str, limits: Limits) -> tuple[tuple[int, ...], int]:
+    """Validated shape and its byte size; overflow-checked the way numpy checks it."""
+    if type(value) is not list:
+        raise _fail(f"{what}: shape must be an array of integers, got {type(value).__name__}")
+    if len(value) > limits.max_ndim:
+        raise _fail(f"{what}: {len(value)} dimensions exceed max_ndim={limits.max_ndim}")
+    nbytes = row.itemsize
+    span = row.itemsize  # product with zero dims counted as one: numpy's own bound
+    for d in value:
+        if type(d) is not int or d < 0:
+            raise _fail(f"{what}: dimension {d!r} is not a non-negative integer")
+        nbytes *= d
+        span *= max(d, 1)
+        if span > _MAX_SIZE:
+            raise _fail(f"{what}: shape {value} overflows a 64-bit size")
+    return tuple(value), nbytes
+
+
+def _dtype(name: Any, what: str) -> DType:
+    row = dtypes.by_name(name) if type(name) is str else None
+    if row is None:
+        raise _fail(f"{what}: dtype {name!r} is not one tensorcodec knows")
+    return row
+
+
+def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
+    what = f"tensor {index}"
+    if type(raw) is not list or len(raw) not in (2, 4):
+        raise _fail(f"{what}: entry must be an array of 2 or 4 items")
+    row = _dtype(raw[0], what)
+    shape, nbytes = _shape(raw[1], row, what, limits)
+    if len(raw) == 2:
+        return Entry(row, shape, nbytes, (), (), first_segment)
+    stages_raw, segments_raw = raw[2], raw[3]
+    if type(stages_raw) is not list or not stages_raw:
+        raise _fail(f"{what}: stages must be a non-empty array")
+    stages = []
+    for s in stages_raw:
+        if type(s) is not list or len(s) != 2 or type(s[0]) is not str or type(s[1]) is not dict:
+            raise _fail(f"{what}: each stage must be [codec id, config map]")
+        stages.append((s[0], s[1]))
+    if type(segments_raw) is not list or len(segments_raw) > limits.max_segments_per_tensor:
+        raise _fail(f"{what}: segments must be an array of at most {limits.max_segments_per_tensor}")
+    segments = []
+    names = set()
+    for s in segments_raw:
+        if type(s) is not list or len(s) != 4 or type(s[0]) is not str or s[1] not in ROLES:
+            raise _fail(f"{what}: each segment must be [name, 'payload'|'meta', dtype, shape]")
+        if s[0] in names:
+            raise _fail(f"{what}: duplicate segment name {s[0]!r}")
+        names.add(s[0])
+        seg_what = f"{what} segment {s[0]!r}"
+        seg_row = _dtype(s[2], seg_what)
+        seg_shape, seg_nbytes = _shape(s[3], seg_row, seg_what, limits)
+        segments.append(Segment(s[0], s[1], seg_row, seg_shape, seg_nbytes))
+    return Entry(row, shape, nbytes, tuple(stages), tuple(segments), first_segment)
+
+
+_HEADER_KEYS = {"tensors", "tree", "checksum", "checksums"}
+
+
+def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    d = dict(items)
+    if len(d) != len(items):
+        raise _fail("header: duplicate key")
+    return d
+
+
+def parse_message(rope: Rope, limits: Limits, verify: bool) -> Header:
+    """Validates preamble, header and layout; verifies checksums if asked and present."""
+    total = rope.total
+    if total < PREAMBLE_SIZE:
+        raise _fail(f"message is {total} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble")
+    magic, version, flags, reserved, hlen, hcrc = _PREAMBLE.unpack(rope.view(0, PREAMBLE_SIZE))
+    if magic != MAGIC:
+        raise _fail(f"not a tensorcodec message: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise _fail(f"format version {version} is not supported (this tensorcodec reads version {VERSION})")
+    if flags or reserved:
+        raise _fail(f"preamble: flags {flags:#x} / reserved {reserved:#x} must be zero in version 1")
+    if hlen > limits.max_header_bytes:
+        raise _fail(f"header of {hlen} bytes exceeds max_header_bytes={limits.max_header_bytes}")
+    if PREAMBLE_SIZE + hlen > total:
+        raise _fail(f"truncated: header claims {hlen} bytes, message has {total - PREAMBLE_SIZE} after the preamble")
+    header_bytes = rope.view(PREAMBLE_SIZE, hlen)
+    computed = zlib.crc32(header_bytes)
+    if computed != hcrc:
+        raise ChecksumError("header", hcrc, computed)
+    try:
+        body = msgpack.unpackb(
+            header_bytes,
+            raw=False,
+            strict_map_key=True,
+            object_pairs_hook=_header_map,
+            max_array_len=max(limits.max_tensors, 8) * 4,
+        )
+    except DecodeError:
+        raise
+    except Exception as e:
+        raise _fail(f"header: malformed msgpack ({type(e).__name__}: {e})") from None
+    if type(body) is not dict:
+        raise _fail("header: must be a msgpack map")
+    unknown = set(body) - _HEADER_KEYS
+    if unknown:
+        raise _fail(f"header: unknown keys {sorted(map(str, unknown))}")
+    raw_entries, tree = body.get("tensors"), body.get("tree")
+    if type(raw_entries) is not list:
+        raise _fail("header: 'tensors' must be an array")
+    if type(tree) is not bytes:
+        raise _fail("header: 'tree' must be binary msgpack")
+    if len(raw_entries) > limits.max_tensors:
+        raise _fail(f"header: {len(raw_entries)} tensors exceed max_tensors={limits.max_tensors}")
+
+    entries: list[Entry] = []
+    offsets: list[int] = []
+    gaps: list[tuple[int, int]] = []
+    pos = PREAMBLE_SIZE + hlen
+    decoded = 0
+    by_name = dtypes.BY_NAME
+    max_ndim = limits.max_ndim
+    new_entry = tuple.__new__
+    for i, raw in enumerate(raw_entries):
+        # Fast path for the common raw entry [dtype, shape]; _entry() covers the rest.
+        if type(raw) is list and len(raw) == 2 and type(raw[1]) is list and len(raw[1]) <= max_ndim:
+            row = by_name.get(raw[0]) if type(raw[0]) is str else None
+            if row is None:
+                raise _fail(f"tensor {i}: dtype {raw[0]!r} is not one tensorcodec knows")
+            nbytes = span = row.itemsize
+            for d in raw[1]:
+                if type(d) is not int or d < 0:
+                    raise _fail(f"tensor {i}: dimension {d!r} is not a non-negative integer")
+                nbytes *= d
+                span *= d or 1
+            if span > _MAX_SIZE:
+                raise _fail(f"tensor {i}: shape {raw[1]} overflows a 64-bit size")
+            entry = new_entry(Entry, (row, tuple(raw[1]), nbytes, (), (), len(offsets)))
+            sizes: Any = (nbytes,)
+        else:
+            entry = _entry(raw, i, len(offsets), limits)
+            sizes = [seg.nbytes for seg in entry.segments]
+        entries.append(entry)
+        decoded += entry.nbytes
+        for n in sizes:
+            start = (pos + ALIGN - 1) & -ALIGN if n else pos
+            if start != pos:
+                gaps.append((pos, start - pos))
+            pos = start + n
+            if pos > total:
+                raise _fail(f"truncated: tensor {i} needs bytes [{start}, {pos}), message has {total}")
+            offsets.append(start)
+    if pos != total:
+        raise _fail(f"{total - pos} trailing bytes after the last segment (message is {total}, layout ends at {pos})")
+    if limits.max_decoded_bytes is not None and decoded > limits.max_decoded_bytes:
+        raise _fail(f"decoded tensors would take {decoded} bytes, over max_decoded_bytes={limits.max_decoded_bytes}")
+    _check_padding(rope, gaps)
+
+    checksum = body.get("checksum")
+    checksums: list[int] = []
+    if checksum is not None or "checksums" in body:
+        if checksum not in CHECKSUMS:
+            raise _fail(f"header: unknown checksum algorithm {checksum!r}; known: {sorted(CHECKSUMS)}")
+        checksums = body.get("checksums")  # type: ignore[assignment]
+        if type(checksums) is not list or len(checksums) != len(offsets):
+            raise _fail(f"header: 'checksums' must list one value per segment ({len(offsets)})")
+        if any(type(c) is not int or not 0 <= c < 1 << 64 for c in checksums):
+            raise _fail("header: checksums must be unsigned 64-bit integers")
+        if verify:
+            fn = CHECKSUMS[checksum]
+            for i, entry in enumerate(entries):
+                for j, seg in enumerate(entry.all_segments()):
+                    k = entry.first_segment + j
+                    got = fn(rope.view(offsets[k], seg.nbytes))
+                    if got != checksums[k]:
+                        raise ChecksumError(f"tensor {i} segment {seg.name!r}", checksums[k], got)
+    return Header(entries, tree, offsets, checksum, checksums)
+
+
+def _check_padding(rope: Rope, gaps: list[tuple[int, int]]) -> None:
+    """Every padding byte must be zero, so that no data hides between segments."""
+    if not gaps:
+        return
+    if len(rope.parts) == 1 and len(gaps) > 8:
+        starts = np.fromiter((g[0] for g in gaps), dtype=np.int64, count=len(gaps))
+        lens = np.fromiter((g[1] for g in gaps), dtype=np.int64, count=len(gaps))
+        # Indices of all padding bytes at once: a ragged arange.
+        index = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
+        bad = np.flatnonzero(np.frombuffer(rope.parts[0], dtype=np.uint8)[index])
+        if bad.size == 0:
+            return
+        first = int(index[bad[0]])
+        raise _fail(f"padding byte at offset {first} is not zero")
+    for start, n in gaps:
+        if rope.view(start, n) != ZEROS[:n]:
+            raise _fail(f"padding at bytes [{start}, {start + n}) is not zero")
