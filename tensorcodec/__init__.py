@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from ._version import __version__
+from .codecs import (
+    FP8,
+    PRECISIONS,
+    Blockwise8,
+    Cast,
+    Codec,
+    Encoded,
+    MinMax,
+    Quant4,
+    get_codec,
+    register_codec,
+    registered_codecs,
+)
 from .core import decode, encode, encode_frames, encode_into
 from .dtypes import DTYPES, DType
 from .errors import ChecksumError, DecodeError, UnknownCodecError
+from .policy import DEFAULT_MIN_ELEMENTS, Policy
 from .wire import Limits
-
-from ._version import __version__
 
 __all__ = [
     "__version__",
@@ -16,6 +29,19 @@ __all__ = [
     "encode_into",
     "decode",
     "Limits",
+    "Policy",
+    "DEFAULT_MIN_ELEMENTS",
+    "PRECISIONS",
+    "Codec",
+    "Encoded",
+    "register_codec",
+    "get_codec",
+    "registered_codecs",
+    "Cast",
+    "FP8",
+    "MinMax",
+    "Blockwise8",
+    "Quant4",
     "DecodeError",
     "ChecksumError",
     "UnknownCodecError",

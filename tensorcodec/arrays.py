@@ -124,7 +124,7 @@ class Materializer:
     def __init__(self, copy: bool, device: Any) -> None:
         self.copy = copy
         self.device = device
-        self._bases: dict[tuple[int, Any], Any] = {}
+        self._bases: dict[tuple[int | None, DType], Any] = {}
 
     def numpy(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> np.ndarray[Any, Any]:
         if nbytes == 0:
@@ -134,12 +134,24 @@ class Materializer:
             return _from_little_endian(arr, row)
         return arr.copy() if self.copy else arr
 
+    @staticmethod
+    def view(row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> np.ndarray[Any, Any]:
+        """Read-only view (a copy on big-endian hosts) of a segment, for codecs to read."""
+        if nbytes == 0:
+            return np.empty(shape, dtype=row.numpy)
+        arr: np.ndarray[Any, Any] = np.ndarray(shape, dtype=row.numpy, buffer=buf, offset=offset)
+        return _from_little_endian(arr, row) if not _LITTLE and row.itemsize > 1 else arr
+
+    def from_numpy(self, arr: np.ndarray[Any, Any], row: DType) -> Any:
+        """A torch tensor sharing an owned numpy array's memory, moved to ``device``."""
+        self._torch_base(row, b"", 0)  # raises TypeError where torch lacks the dtype
+        t = _numpy_to_torch(arr, row)
+        return t.to(self.device) if self.device is not None else t
+
     def scalar(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> Any:
         return self.numpy(row, shape, nbytes, buf, offset)[()]
 
-    def torch(
-        self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int, buf_key: int | None
-    ) -> Any:
+    def torch(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int, buf_key: int | None) -> Any:
         key = (buf_key, row)
         base = self._bases.get(key) if buf_key is not None else None
         if nbytes == 0:
@@ -172,13 +184,13 @@ class Materializer:
             raise TypeError(
                 f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
             )
-        if not _LITTLE:
+        if not _LITTLE or nbytes == 0:
             return _NO_BASE
         whole = torch.frombuffer(buf, dtype=torch.uint8)
         return whole[: whole.numel() - whole.numel() % row.itemsize].view(tdtype)
 
 
-_NO_BASE = object()
+_NO_BASE: Any = object()
 
 
 def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:

@@ -6,9 +6,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import wire
-from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer
+from . import dtypes, wire
+from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy
+from .codecs import Codec, decode_segments
 from .errors import DecodeError
+from .policy import Policy, Precision
 from .tree import flatten, unflatten
 from .wire import ALIGN, DEFAULT_LIMITS, ZEROS, Limits, Rope
 
@@ -17,16 +19,55 @@ __all__ = ["encode", "encode_frames", "encode_into", "decode"]
 Framework = Literal["numpy", "torch"]
 
 
-def _plan(obj: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Leaf]]:
+def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Any]]:
+    """The preamble + header, and the segments to follow it, in order."""
     if checksum is not None and checksum not in wire.CHECKSUMS:
         raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(wire.CHECKSUMS)} or None")
-    tree, leaves = flatten(obj, max_depth)
-    entries = [[leaf.dtype.name, list(leaf.shape)] for leaf in leaves]
-    sums = [wire.CHECKSUMS[checksum](leaf.data) for leaf in leaves] if checksum else []
-    return wire.pack_header(entries, tree, checksum, sums), leaves
+    rules = Policy.of(precision, policy)
+    tree, leaves, names = flatten(obj, max_depth, names=rules is not None)
+    entries: list[list[Any]] = []
+    segments: list[Any] = []
+    for i, leaf in enumerate(leaves):
+        codec = None
+        if rules is not None and names is not None:
+            codec = rules.choose(names[i], leaf.dtype, leaf.data.nbytes // leaf.dtype.itemsize)
+        if codec is None:
+            entries.append([leaf.dtype.name, leaf.shape])
+            segments.append(leaf.data)
+        else:
+            entry, data = _encode_leaf(codec, leaf, names[i] if names else "")
+            entries.append(entry)
+            segments.extend(data)
+    sums = [wire.CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
+    return wire.pack_header(entries, tree, checksum, sums), segments
 
 
-def encode_frames(obj: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> list[Any]:
+def _encode_leaf(codec: Codec, leaf: Leaf, name: str) -> tuple[list[Any], list[Any]]:
+    """Header entry and segment bytes of one tensor encoded by ``codec``."""
+    try:
+        encoded = codec.encode(leaf.data.view(leaf.dtype.numpy))
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"tensor {name!r}: {e}") from None
+    described = []
+    data = []
+    for seg_name, (role, arr) in encoded.segments.items():
+        row = dtypes.from_numpy(arr.dtype)
+        if row is None or role not in wire.ROLES:
+            raise TypeError(f"codec {codec.codec_id!r} produced segment {seg_name!r} of {arr.dtype}/{role!r}")
+        described.append([seg_name, role, row.name, list(arr.shape)])
+        data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
+    stage = [codec.codec_id, codec.get_config(), encoded.params]
+    return [leaf.dtype.name, leaf.shape, [stage], described], data
+
+
+def encode_frames(
+    obj: Any,
+    *,
+    precision: Precision = None,
+    policy: Any = None,
+    checksum: str | None = None,
+    max_depth: int = DEFAULT_LIMITS.max_depth,
+) -> list[Any]:
     """The message as a list of buffers, for scatter-gather transports.
 
     The first buffer is the preamble and header; the others are the tensors'
@@ -35,37 +76,57 @@ def encode_frames(obj: Any, *, checksum: str | None = None, max_depth: int = DEF
     ``encode(obj)``, and ``decode`` accepts the list as it is. The frames alias
     the caller's tensors: keep those unchanged until the frames are sent.
     """
-    prefix, leaves = _plan(obj, checksum, max_depth)
+    prefix, segments = _plan(obj, precision, policy, checksum, max_depth)
     frames: list[Any] = [prefix]
     pad_source = memoryview(ZEROS)
     pos = len(prefix)
-    for leaf in leaves:
-        n = leaf.data.nbytes
+    for seg in segments:
+        n = seg.nbytes
         if n:
             pad = -pos % ALIGN
             if pad:
                 frames.append(pad_source[:pad])
-            frames.append(leaf.data)
+            frames.append(seg)
             pos += pad + n
     return frames
 
 
-def encode(obj: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> bytes:
+def encode(
+    obj: Any,
+    *,
+    precision: Precision = None,
+    policy: Any = None,
+    checksum: str | None = None,
+    max_depth: int = DEFAULT_LIMITS.max_depth,
+) -> bytes:
     """Encode a tree of containers, scalars and tensors into one message.
 
-    ``checksum`` ("xxh3_64" or "crc32c") adds a checksum of every segment that
-    ``decode`` verifies. Each tensor's bytes are copied once, into the result.
-    Raises TypeError naming the path of an object that cannot be encoded.
+    ``precision`` (a name from ``tensorcodec.PRECISIONS`` such as "bf16" or
+    "nf4", or a Codec) quantizes every floating tensor of at least
+    ``DEFAULT_MIN_ELEMENTS`` elements that it makes smaller; ``policy`` (a
+    ``Policy`` or a dict of name patterns to precisions) chooses per tensor.
+    The caller's tensors are never modified. ``checksum`` ("xxh3_64" or
+    "crc32c") adds a checksum of every segment that ``decode`` verifies. Each
+    tensor's bytes are copied once, into the result. Raises TypeError naming
+    the path of an object that cannot be encoded.
     """
-    return b"".join(encode_frames(obj, checksum=checksum, max_depth=max_depth))
+    return b"".join(encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth))
 
 
-def encode_into(obj: Any, out: Any, *, checksum: str | None = None, max_depth: int = DEFAULT_LIMITS.max_depth) -> int:
+def encode_into(
+    obj: Any,
+    out: Any,
+    *,
+    precision: Precision = None,
+    policy: Any = None,
+    checksum: str | None = None,
+    max_depth: int = DEFAULT_LIMITS.max_depth,
+) -> int:
     """Encode into a caller-owned writable buffer (reused across calls); returns the bytes written.
 
     Raises ValueError, naming the size needed, when ``out`` is too small.
     """
-    frames = encode_frames(obj, checksum=checksum, max_depth=max_depth)
+    frames = encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth)
     dst = np.frombuffer(out, dtype=np.uint8)
     if dst.flags.writeable is False:
         raise ValueError("encode_into needs a writable buffer")
@@ -125,9 +186,7 @@ def decode(
         entry = entries[index]
         try:
             if entry.stages:
-                from .codecs import decode_entry
-
-                value = decode_entry(entry, offsets, rope, make, kind)
+                value = _decode_coded(entry, offsets, rope, make, kind)
             else:
                 buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
                 if kind == TORCH:
@@ -142,3 +201,19 @@ def decode(
         return value
 
     return unflatten(header.tree, tensor, len(entries), limits.max_depth)
+
+
+def _decode_coded(entry: wire.Entry, offsets: list[int], rope: Rope, make: Materializer, kind: int) -> Any:
+    """Dequantize one encoded tensor into the requested framework."""
+    segments = {}
+    for j, seg in enumerate(entry.segments):
+        buf, offset, _ = rope.locate(offsets[entry.first_segment + j], seg.nbytes)
+        segments[seg.name] = Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, offset)
+    count = entry.nbytes // entry.dtype.itemsize
+    flat = decode_segments(entry.stages, segments, entry.dtype, count)
+    arr = flat.reshape(entry.shape)
+    if kind == SCALAR:
+        return arr[()]
+    if kind == TORCH:
+        return make.from_numpy(arr, entry.dtype)
+    return arr

@@ -84,7 +84,11 @@ def write_safetensors(tensors: dict[str, Any], path: str | Path) -> None:
         if leaf is None or leaf.dtype.name not in _ST_NAMES:
             raise TypeError(f"{name!r}: dtype {getattr(value, 'dtype', type(value))} cannot be stored in safetensors")
         n = leaf.data.nbytes
-        header[name] = {"dtype": _ST_NAMES[leaf.dtype.name], "shape": list(leaf.shape), "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": _ST_NAMES[leaf.dtype.name],
+            "shape": list(leaf.shape),
+            "data_offsets": [offset, offset + n],
+        }
         leaves.append(leaf)
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -92,7 +96,7 @@ def write_safetensors(tensors: dict[str, Any], path: str | Path) -> None:
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(raw)) + raw)
         for leaf in leaves:
-            f.write(leaf.data)
+            f.write(leaf.data.tobytes() if leaf.data.nbytes < 1 << 20 else leaf.data.data)
 
 
 def load_model(path: str | Path | None = None) -> dict[str, Any]:

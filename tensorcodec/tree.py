@@ -19,7 +19,8 @@ code   meaning (payload)
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -32,7 +33,10 @@ __all__ = ["flatten", "unflatten", "format_path", "EXT_TUPLE", "EXT_BIGINT", "EX
 EXT_TUPLE, EXT_BIGINT, EXT_BYTEARRAY = 4, 5, 6
 _TENSOR_EXTS = (NUMPY, TORCH, SCALAR)
 _INT64_MIN, _UINT64_MAX = -(1 << 63), (1 << 64) - 1
-_SUPPORTED = "dict (str keys), list, tuple, str, bytes, bytearray, int, float, bool, None, numpy arrays and scalars, torch tensors"
+_SUPPORTED = (
+    "dict (str keys), list, tuple, str, bytes, bytearray, int, float, bool, None, "
+    "numpy arrays and scalars, torch tensors"
+)
 
 
 class _PathError(Exception):
@@ -67,9 +71,12 @@ def _ref(kind: int, index: int) -> msgpack.ExtType:
 class _Flattener:
     """One encode: walks the tree, collects leaves, sends a tensor seen twice once."""
 
-    def __init__(self, max_depth: int) -> None:
+    def __init__(self, max_depth: int, names: bool) -> None:
         self.max_depth = max_depth
         self.leaves: list[Leaf] = []
+        self.names: list[str] | None = [] if names else None
+        """Dotted path of each leaf (dict keys, list indices), kept only when a policy needs them."""
+        self._path: list[str] = []
         self._by_id: dict[int, tuple[Any, int]] = {}
         self._by_ptr: dict[int, list[tuple[Any, int]]] = {}
         torch = sys.modules.get("torch")  # a torch tensor implies torch is imported
@@ -89,16 +96,19 @@ class _Flattener:
             for k, v in obj.items():
                 if type(k) is not str:
                     raise _PathError(
-                        TypeError, f"dict key {k!r} of type {type(k).__name__} is not a str; only str keys can be encoded"
+                        TypeError,
+                        f"dict key {k!r} of type {type(k).__name__} is not a str; only str keys can be encoded",
                     )
                 try:
                     tv = type(v)
-                    if tv in self._tensor_exact or tv is np.ndarray:
-                        out[k] = self._leaf(v)
-                    elif tv is str or tv is float or tv is bool or v is None:
+                    if tv is str or tv is float or tv is bool or v is None:
                         out[k] = v
+                    elif self.names is None and (tv in self._tensor_exact or tv is np.ndarray):
+                        out[k] = self._leaf(v)
                     else:
+                        self._path.append(k)
                         out[k] = self.walk(v, depth + 1)
+                        self._path.pop()
                 except _PathError as e:
                     e.path.append(k)
                     raise
@@ -107,7 +117,9 @@ class _Flattener:
             items = []
             for i, v in enumerate(obj):
                 try:
+                    self._path.append(str(i))
                     items.append(self.walk(v, depth + 1))
+                    self._path.pop()
                 except _PathError as e:
                     e.path.append(i)
                     raise
@@ -119,7 +131,7 @@ class _Flattener:
         # Subclasses (IntEnum, str enums, ...) travel as their base type.
         for base in (bool, int, float, str, bytes):
             if isinstance(obj, base):
-                return self.walk(base(obj), depth)
+                return self.walk(base(obj), depth)  # type: ignore[arg-type]
         if isinstance(obj, bytearray):
             return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
         raise _PathError(
@@ -161,6 +173,8 @@ class _Flattener:
                 TypeError, f"dtype {obj.dtype} cannot be encoded; tensorcodec.DTYPES lists the supported ones"
             )
         self.leaves.append(leaf)
+        if self.names is not None:
+            self.names.append(".".join(self._path))
         return _ref(kind, len(self.leaves) - 1)
 
 
@@ -172,21 +186,22 @@ def _bigint(v: int) -> msgpack.ExtType:
 
 
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
-def flatten(obj: Any, max_depth: int) -> tuple[bytes, list[Leaf]]:
-    """msgpack bytes of the tree and its tensors in table order.
+def flatten(obj: Any, max_depth: int, names: bool = False) -> tuple[bytes, list[Leaf], list[str] | None]:
+    """msgpack bytes of the tree, its tensors in table order and (if ``names``) their dotted paths.
 
     Raises TypeError (unsupported object) or ValueError (too deep) naming the
     path of the offending object.
     """
-    f = _Flattener(max_depth)
+    f = _Flattener(max_depth, names)
     try:
         tree = f.walk(obj, 0)
     except _PathError as e:
         raise e.exc_type(f"{format_path(e.path[::-1])}: {e.message}") from None
-    return _pack(tree), f.leaves
+    return _pack(tree), f.leaves, f.names
 
 
 def unflatten(
@@ -237,9 +252,7 @@ def unflatten(
         raise DecodeError(f"tree: unknown ext type code {code}")
 
     def unpack(b: bytes | memoryview) -> Any:
-        return msgpack.unpackb(
-            b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs
-        )
+        return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs)
 
     try:
         tree = unpack(data)

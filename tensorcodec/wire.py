@@ -11,8 +11,9 @@ from __future__ import annotations
 import bisect
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -45,6 +46,8 @@ PREAMBLE_SIZE = _PREAMBLE.size
 _MAX_SIZE = (1 << 63) - 1
 ZEROS = bytes(ALIGN)
 ROLES = ("payload", "meta")
+EXPANSION_ALLOWANCE = 64
+"""Without an explicit cap, decoded tensors may take this many times the message's size (+16 MiB)."""
 
 
 def aligned(offset: int) -> int:
@@ -72,7 +75,7 @@ class Limits:
     max_depth: int = 64
     """Deepest nesting of containers in the tree."""
     max_decoded_bytes: int | None = None
-    """Cap on the total bytes of all decoded tensors; None: only what the message itself holds."""
+    """Cap on the total bytes of all decoded tensors; None: 64 x the message size + 16 MiB."""
 
 
 DEFAULT_LIMITS = Limits()
@@ -88,7 +91,9 @@ def _crc32c(data: Any) -> int:
     try:
         import google_crc32c
     except ImportError:
-        raise DecodeError("the message uses crc32c checksums: pip install google-crc32c, or decode with verify=False") from None
+        raise DecodeError(
+            "the message uses crc32c checksums: pip install google-crc32c, or decode with verify=False"
+        ) from None
     return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) and not data.readonly else data))
 
 
@@ -111,8 +116,8 @@ class Entry(NamedTuple):
     shape: tuple[int, ...]
     nbytes: int
     """Bytes of the decoded tensor."""
-    stages: tuple[tuple[str, dict[str, Any]], ...]
-    """Codec chain in encode order; empty for a tensor sent as its raw bytes."""
+    stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]
+    """Codec chain in encode order as (codec id, config, per-tensor params); empty for raw bytes."""
     segments: tuple[Segment, ...]
     """Named segments of an encoded tensor; a raw tensor has one implicit segment (``all_segments``)."""
     first_segment: int
@@ -139,7 +144,7 @@ def pack_header(entries: list[list[Any]], tree: bytes, checksum: str | None, che
     if checksum is not None:
         body["checksum"] = checksum
         body["checksums"] = checksums
-    header = msgpack.packb(body, use_bin_type=True)
+    header: bytes = msgpack.packb(body, use_bin_type=True)
     return _PREAMBLE.pack(MAGIC, VERSION, 0, 0, len(header), zlib.crc32(header)) + header
 
 
@@ -237,9 +242,15 @@ def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
         raise _fail(f"{what}: stages must be a non-empty array")
     stages = []
     for s in stages_raw:
-        if type(s) is not list or len(s) != 2 or type(s[0]) is not str or type(s[1]) is not dict:
-            raise _fail(f"{what}: each stage must be [codec id, config map]")
-        stages.append((s[0], s[1]))
+        if (
+            type(s) is not list
+            or len(s) != 3
+            or type(s[0]) is not str
+            or type(s[1]) is not dict
+            or type(s[2]) is not dict
+        ):
+            raise _fail(f"{what}: each stage must be [codec id, config map, params map]")
+        stages.append((s[0], s[1], s[2]))
     if type(segments_raw) is not list or len(segments_raw) > limits.max_segments_per_tensor:
         raise _fail(f"{what}: segments must be an array of at most {limits.max_segments_per_tensor}")
     segments = []
@@ -351,8 +362,15 @@ def parse_message(rope: Rope, limits: Limits, verify: bool) -> Header:
             offsets.append(start)
     if pos != total:
         raise _fail(f"{total - pos} trailing bytes after the last segment (message is {total}, layout ends at {pos})")
-    if limits.max_decoded_bytes is not None and decoded > limits.max_decoded_bytes:
-        raise _fail(f"decoded tensors would take {decoded} bytes, over max_decoded_bytes={limits.max_decoded_bytes}")
+    cap = limits.max_decoded_bytes
+    if cap is None:
+        cap = EXPANSION_ALLOWANCE * total + (16 << 20)
+    if decoded > cap:
+        source = "max_decoded_bytes" if limits.max_decoded_bytes is not None else "64 x message size + 16 MiB"
+        raise _fail(
+            f"decoded tensors would take {decoded} bytes, over the cap of {cap} ({source}); "
+            "pass limits=Limits(max_decoded_bytes=...) to allow more"
+        )
     _check_padding(rope, gaps)
 
     checksum = body.get("checksum")

@@ -1,0 +1,629 @@
+"""Precision codecs: the ``Codec`` base class, the registry and the built-in codecs.
+
+A codec turns one array into named segments (payload and metadata) plus a few
+per-tensor parameters, and back. Its id and config travel in the message with
+every tensor it encoded, so a decoder needs no side configuration: it looks the
+id up in the registry, builds the codec from the config and decodes. Decoding
+only ever instantiates registered classes; nothing a message names is imported.
+
+The rule, as in numcodecs: two codecs with the same id and config decode each
+other's output. Changing what an existing id means is a format break; give a
+changed codec a new id.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any, ClassVar
+
+import ml_dtypes
+import numpy as np
+
+from . import dtypes
+from .dtypes import DType
+from .errors import DecodeError, UnknownCodecError
+
+__all__ = [
+    "Codec",
+    "Encoded",
+    "register_codec",
+    "get_codec",
+    "registered_codecs",
+    "Cast",
+    "FP8",
+    "MinMax",
+    "Blockwise8",
+    "Quant4",
+    "PRECISIONS",
+    "precision_codec",
+    "FLOAT_SOURCES",
+]
+
+FLOAT_SOURCES = frozenset({"float32", "float16", "bfloat16", "float64"})
+"""Dtypes the built-in lossy codecs accept; integers, bool and complex always travel losslessly."""
+
+Segments = dict[str, tuple[str, np.ndarray[Any, Any]]]
+"""name -> (role, array): role is "payload" (the values) or "meta" (scales, tables, statistics)."""
+
+
+class Encoded:
+    """What ``Codec.encode`` returns: named segments and JSON-able per-tensor params."""
+
+    __slots__ = ("params", "segments")
+
+    def __init__(self, segments: Segments, params: dict[str, Any] | None = None) -> None:
+        self.segments = segments
+        self.params = params or {}
+
+
+class Codec:
+    """A precision stage: encodes a flat array into segments, decodes them back.
+
+    Subclasses set ``codec_id``, take their configuration as keyword arguments,
+    return it from ``get_config`` and implement ``encode`` / ``decode``.
+    ``encode`` receives a flat, C-contiguous numpy array of a dtype in
+    ``sources``; ``decode`` must return a flat array of exactly ``dtype`` and
+    ``count`` elements and must validate every segment it reads (use
+    ``Codec.segment``), since segments come from the wire.
+    """
+
+    codec_id: ClassVar[str] = ""
+    sources: ClassVar[frozenset[str]] = FLOAT_SOURCES
+    lossless: ClassVar[bool] = False
+
+    def get_config(self) -> dict[str, Any]:
+        """The JSON-able keyword arguments that rebuild this codec."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Codec:
+        return cls(**config)
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        """Encoded bits per element (payload + metadata) for a source of ``dtype``; decides skipping."""
+        raise NotImplementedError
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        raise NotImplementedError
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Codec) and type(other) is type(self) and other.get_config() == self.get_config()
+
+    def __hash__(self) -> int:
+        return hash((self.codec_id, repr(sorted(self.get_config().items()))))
+
+    @staticmethod
+    def segment(
+        segments: Mapping[str, np.ndarray[Any, Any]], name: str, dtype: str, count: int
+    ) -> np.ndarray[Any, Any]:
+        """Segment ``name`` as a flat array, after checking its dtype and element count."""
+        arr = segments.get(name)
+        if arr is None:
+            raise DecodeError(f"segment {name!r} is missing")
+        if dtypes.from_numpy(arr.dtype) is not dtypes.by_name(dtype):
+            raise DecodeError(f"segment {name!r} has dtype {arr.dtype}, expected {dtype}")
+        if arr.size != count:
+            raise DecodeError(f"segment {name!r} has {arr.size} elements, expected {count}")
+        return arr.reshape(-1)
+
+    @staticmethod
+    def param(params: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+        """Per-tensor parameter ``name`` after checking its type."""
+        value = params.get(name)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise DecodeError(f"parameter {name!r} is {value!r}, expected {kind}")
+        return value
+
+
+# ---------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Codec]] = {}
+_ENTRY_POINT_GROUP = "tensorcodec.codecs"
+_entry_points_loaded = False
+_INSTALL_HINTS: dict[str, str] = {}
+"""Codec ids known to live in optional packages, with what to install."""
+
+
+def register_codec(cls: type[Codec], *, replace: bool = False) -> type[Codec]:
+    """Add a codec class to the registry (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Codec)) or not cls.codec_id:
+        raise TypeError(f"{cls!r} is not a Codec subclass with a codec_id")
+    current = _REGISTRY.get(cls.codec_id)
+    if current is not None and current is not cls and not replace:
+        raise ValueError(
+            f"codec id {cls.codec_id!r} is already registered to {current.__module__}.{current.__qualname__}; "
+            "pass replace=True to override it"
+        )
+    _REGISTRY[cls.codec_id] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    """Registers plugins advertised under the ``tensorcodec.codecs`` entry-point group, once."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in metadata.entry_points(group=_ENTRY_POINT_GROUP):
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as e:  # a broken plugin must not break decoding of other codecs
+            _INSTALL_HINTS.setdefault(ep.name, f"its plugin failed to load ({type(e).__name__}: {e})")
+            continue
+        if isinstance(cls, type) and issubclass(cls, Codec) and cls.codec_id == ep.name:
+            _REGISTRY[ep.name] = cls
+
+
+def get_codec(codec_id: str) -> type[Codec]:
+    """The registered class for ``codec_id``; raises UnknownCodecError naming what to install."""
+    cls = _REGISTRY.get(codec_id)
+    if cls is None:
+        _load_entry_points()
+        cls = _REGISTRY.get(codec_id)
+    if cls is None:
+        raise UnknownCodecError(codec_id, _INSTALL_HINTS.get(codec_id, ""))
+    return cls
+
+
+def registered_codecs() -> dict[str, type[Codec]]:
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _float32(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return x if x.dtype == np.float32 else x.astype(np.float32)
+
+
+def _restore(values: np.ndarray[Any, Any], dtype: DType) -> np.ndarray[Any, Any]:
+    """float32 values to the original dtype (round to nearest even)."""
+    return values if values.dtype == dtype.numpy else values.astype(dtype.numpy)
+
+
+def _finite_range(x: np.ndarray[Any, Any], what: str) -> tuple[float, float]:
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{what} cannot encode NaN or Inf values; send this tensor losslessly (policy None)")
+    return lo, hi
+
+
+def _check_source(codec: Codec, dtype: DType) -> None:
+    if dtype.name not in codec.sources:
+        raise TypeError(f"codec {codec.codec_id!r} encodes {sorted(codec.sources)}, not {dtype.name}")
+
+
+def pack_bits(q: np.ndarray[Any, Any], bits: int) -> np.ndarray[Any, Any]:
+    """Unsigned codes of ``bits`` bits each, packed little-endian (code 0 in the lowest bits of byte 0)."""
+    if bits == 8:
+        return q.astype(np.uint8)
+    if bits == 16:
+        return q.astype("<u2").view(np.uint8)
+    n = q.size
+    if 8 % bits == 0:
+        per = 8 // bits
+        padded = np.zeros(-(-n // per) * per, dtype=np.uint8)
+        padded[:n] = q
+        lanes = padded.reshape(-1, per)
+        out = np.zeros(lanes.shape[0], dtype=np.uint8)
+        for i in range(per):
+            out |= lanes[:, i] << np.uint8(i * bits)
+        return out
+    wide = q.astype(np.uint32)
+    bitplanes = ((wide[:, None] >> np.arange(bits, dtype=np.uint32)) & 1).astype(np.uint8)
+    return np.packbits(bitplanes.reshape(-1), bitorder="little")
+
+
+def unpack_bits(packed: np.ndarray[Any, Any], bits: int, count: int) -> np.ndarray[Any, Any]:
+    """Inverse of ``pack_bits``: ``count`` codes as uint32 (uint8/uint16 for 8/16 bits)."""
+    if bits == 8:
+        return packed[:count]
+    if bits == 16:
+        return packed.view("<u2")[:count]
+    if 8 % bits == 0:
+        per = 8 // bits
+        mask = np.uint8((1 << bits) - 1)
+        lanes = np.empty((packed.size, per), dtype=np.uint8)
+        for i in range(per):
+            lanes[:, i] = (packed >> np.uint8(i * bits)) & mask
+        return lanes.reshape(-1)[:count]
+    bitplanes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
+    weights = (1 << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
+    return (bitplanes.astype(np.uint32) * weights).sum(axis=1, dtype=np.uint32)
+
+
+def packed_size(count: int, bits: int) -> int:
+    return -(-count * bits // 8)
+
+
+# ---------------------------------------------------------------------------- cast
+
+
+@register_codec
+class Cast(Codec):
+    """Cast to a narrower float: ``float16`` (finite values clamped to ±65504) or ``bfloat16``.
+
+    Error bound: round to nearest even, so |x - x̂| <= 2^-11 |x| (fp16) or 2^-8 |x|
+    (bf16) for values in the target's normal range; fp16 flushes below 2^-24 and
+    clamps finite values beyond 65504. NaN and ±Inf are kept.
+    """
+
+    codec_id = "cast"
+    _TARGETS: ClassVar[dict[str, float | None]] = {"float16": 65504.0, "bfloat16": None}
+
+    def __init__(self, to: str) -> None:
+        if to not in self._TARGETS:
+            raise ValueError(f"cast target must be one of {sorted(self._TARGETS)}, not {to!r}")
+        self.to = to
+        self._target = dtypes.BY_NAME[to]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"to": self.to}
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        return 8.0 * self._target.itemsize
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        limit = self._TARGETS[self.to]
+        if limit is None:
+            out = x.astype(self._target.numpy)
+        else:
+            out = np.clip(x, -limit, limit).astype(self._target.numpy)
+            infinite = np.isinf(x)
+            if infinite.any():
+                out[infinite] = x[infinite]
+        return Encoded({"data": ("payload", out)})
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        data = self.segment(segments, "data", self.to, count)
+        out: np.ndarray[Any, Any] = data.astype(dtype.numpy)
+        return out
+
+
+# ---------------------------------------------------------------------------- fp8
+
+
+@register_codec
+class FP8(Codec):
+    """Scaled fp8 (``e4m3`` = float8_e4m3fn, ``e5m2``): one fp32 scale per ``block`` elements (0: per tensor).
+
+    scale = absmax / fp8_max, codes = round_to_nearest_even(x / scale). Error
+    bound: |x - x̂| <= scale * 2^-4 * |x / scale| (e4m3, 3 mantissa bits) or
+    2^-3 (e5m2), plus the subnormal step near zero (scale * 2^-9 for e4m3,
+    scale * 2^-16 for e5m2). NaN stays NaN; ±Inf stays ±Inf in e5m2 and becomes
+    NaN in e4m3, which has no infinity; absmax is taken over finite values.
+    """
+
+    codec_id = "fp8"
+    _FORMATS: ClassVar[dict[str, str]] = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
+
+    def __init__(self, format: str = "e4m3", block: int = 0) -> None:
+        if format not in self._FORMATS:
+            raise ValueError(f"fp8 format must be one of {sorted(self._FORMATS)}, not {format!r}")
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0 or block > 1 << 24:
+            raise ValueError(f"fp8 block must be 0 (per tensor) or a positive block size, not {block!r}")
+        self.format = format
+        self.block = block
+        self._dtype = dtypes.BY_NAME[self._FORMATS[format]]
+        self._max = float(ml_dtypes.finfo(self._dtype.numpy).max)  # type: ignore[no-untyped-call]
+
+    def get_config(self) -> dict[str, Any]:
+        return {"format": self.format, "block": self.block}
+
+    def _blocks(self, count: int) -> int:
+        return 1 if self.block == 0 else max(1, -(-count // self.block))
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        return 8.0 + 32.0 * self._blocks(count) / max(count, 1)
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        x32 = _float32(x)
+        n = x32.size
+        nblocks = self._blocks(n)
+        size = n if self.block == 0 else self.block
+        padded = np.zeros(nblocks * size, dtype=np.float32)
+        padded[:n] = x32
+        blocks = padded.reshape(nblocks, size)
+        finite = np.where(np.isfinite(blocks), np.abs(blocks), 0.0)
+        absmax = finite.max(axis=1) if n else np.zeros(nblocks, np.float32)
+        scale = (absmax / self._max).astype(np.float32)
+        scale[scale == 0] = 1.0
+        codes = (blocks / scale[:, None]).astype(self._dtype.numpy).reshape(-1)[:n]
+        return Encoded({"codes": ("payload", codes), "scale": ("meta", scale)})
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        codes = self.segment(segments, "codes", self._dtype.name, count)
+        nblocks = self._blocks(count)
+        scale = self.segment(segments, "scale", "float32", nblocks)
+        size = count if self.block == 0 else self.block
+        values = codes.astype(np.float32)
+        if count:
+            full = np.zeros(nblocks * size, dtype=np.float32)
+            full[:count] = values
+            values = (full.reshape(nblocks, size) * scale[:, None]).reshape(-1)[:count]
+        return _restore(values, dtype)
+
+
+# ---------------------------------------------------------------------------- min/max
+
+
+@register_codec
+class MinMax(Codec):
+    """n-bit (1..16) scalar quantization between the minimum and maximum, per tensor or per block.
+
+    q = round((x - min) / (max - min) * (2^bits - 1)), bit-packed; x̂ = q / (2^bits - 1) *
+    (max - min) + min computed in fp32. Error bound: |x - x̂| <= (max - min) / (2^bits - 1) / 2
+    (round to nearest) or < (max - min) / (2^bits - 1) (stochastic), plus fp32 rounding.
+    A constant tensor (or block) sends no codes. Stochastic rounding is unbiased and
+    reproducible: uniform noise from a Philox generator keyed by ``seed`` and the
+    tensor's ``stream`` id. NaN/Inf inputs are refused with ValueError.
+    """
+
+    codec_id = "minmax"
+
+    def __init__(self, bits: int = 8, block: int = 0, stochastic: bool = False, seed: int = 0) -> None:
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 16:
+            raise ValueError(f"minmax bits must be an integer in 1..16, not {bits!r}")
+        if not isinstance(block, int) or isinstance(block, bool) or block < 0 or block > 1 << 24:
+            raise ValueError(f"minmax block must be 0 (per tensor) or a positive block size, not {block!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 64:
+            raise ValueError(f"minmax seed must be an unsigned 64-bit integer, not {seed!r}")
+        self.bits = bits
+        self.block = block
+        self.stochastic = bool(stochastic)
+        self.seed = seed
+        self._stream_hint = 0
+
+    def get_config(self) -> dict[str, Any]:
+        return {"bits": self.bits, "block": self.block, "stochastic": self.stochastic, "seed": self.seed}
+
+    def _blocks(self, count: int) -> int:
+        return 1 if self.block == 0 else max(1, -(-count // self.block))
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        return self.bits + 64.0 * self._blocks(count) / max(count, 1)
+
+    def with_stream(self, name: str) -> MinMax:
+        """A copy whose stochastic noise is keyed by a tensor name, so every tensor gets its own stream."""
+        twin = MinMax(self.bits, self.block, self.stochastic, self.seed)
+        twin._stream_hint = zlib.crc32(name.encode())
+        return twin
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        x32 = _float32(x)
+        n = x32.size
+        nblocks = self._blocks(n)
+        size = n if self.block == 0 else self.block
+        levels = (1 << self.bits) - 1
+        if n == 0:
+            lo = hi = np.zeros(1, np.float32)
+        elif self.block == 0:
+            a, b = _finite_range(x32, "minmax")
+            lo, hi = np.array([a], np.float32), np.array([b], np.float32)
+        else:
+            padded = np.empty(nblocks * size, dtype=np.float32)
+            padded[:n] = x32
+            padded[n:] = x32[-1]
+            blocks = padded.reshape(nblocks, size)
+            lo, hi = blocks.min(axis=1), blocks.max(axis=1)
+            _finite_range(np.concatenate([lo, hi]), "minmax")
+        params: dict[str, Any] = {}
+        ranges = np.stack([lo, hi], axis=1).reshape(-1)
+        segments: Segments = {"range": ("meta", ranges)}
+        if n and bool(np.any(hi > lo)):
+            span = (hi - lo).astype(np.float32)
+            span[span == 0] = 1.0
+            per_elem_lo = np.repeat(lo, size)[:n] if self.block else lo[0]
+            per_elem_span = np.repeat(span, size)[:n] if self.block else span[0]
+            scaled = (x32 - per_elem_lo) / per_elem_span * np.float32(levels)
+            if self.stochastic:
+                params["stream"] = self._stream_hint
+                rng = np.random.Generator(np.random.Philox(key=[self.seed, self._stream_hint]))
+                scaled += rng.random(n, dtype=np.float32)
+                q = np.floor(scaled)
+            else:
+                q = np.rint(scaled)
+            q = np.clip(q, 0, levels).astype(np.uint32)
+            segments["codes"] = ("payload", pack_bits(q, self.bits))
+        return Encoded(segments, params)
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        nblocks = self._blocks(count)
+        size = count if self.block == 0 else self.block
+        ranges = self.segment(segments, "range", "float32", 2 * nblocks).reshape(nblocks, 2)
+        lo, hi = ranges[:, 0], ranges[:, 1]
+        if "codes" not in segments:
+            if count and bool(np.any(hi != lo)):
+                raise DecodeError("segment 'codes' is missing for a tensor that is not constant")
+            return _restore(np.repeat(lo, size)[:count], dtype)
+        packed = self.segment(segments, "codes", "uint8", packed_size(count, self.bits))
+        q = unpack_bits(packed, self.bits, count).astype(np.float32)
+        levels = np.float32((1 << self.bits) - 1)
+        span = (hi - lo).astype(np.float32)
+        if self.block == 0:
+            values = q / levels * span[0] + lo[0]
+        else:
+            values = q / levels * np.repeat(span, size)[:count] + np.repeat(lo, size)[:count]
+        return _restore(values.astype(np.float32, copy=False), dtype)
+
+
+# ---------------------------------------------------------------------------- bitsandbytes formats
+
+
+@register_codec
+class Blockwise8(Codec):
+    """bitsandbytes' 8-bit blockwise quantization with the signed dynamic map; bit-compatible.
+
+    Error bound: |x - x̂| <= absmax_block * (largest gap of the dynamic map) / 2, before the
+    final cast to the source dtype. The map is referred to by name, never resent.
+    """
+
+    codec_id = "blockwise8"
+
+    def __init__(self, blocksize: int = 4096) -> None:
+        if blocksize not in _BLOCKSIZES_8:
+            raise ValueError(f"blockwise8 blocksize must be one of {_BLOCKSIZES_8}, not {blocksize!r}")
+        self.blocksize = blocksize
+
+    def get_config(self) -> dict[str, Any]:
+        return {"blocksize": self.blocksize}
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        return 8.0 + 32.0 * max(1, -(-count // self.blocksize)) / max(count, 1)
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        from . import kernels
+
+        codes, absmax = kernels.quantize_blockwise8(x, self.blocksize)
+        return Encoded({"codes": ("payload", codes), "absmax": ("meta", absmax)})
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        from . import kernels
+
+        codes = self.segment(segments, "codes", "uint8", count)
+        absmax = self.segment(segments, "absmax", "float32", -(-count // self.blocksize))
+        return np.asarray(kernels.dequantize_blockwise8(codes, absmax, self.blocksize, dtype.numpy))
+
+
+_BLOCKSIZES_8 = (64, 128, 256, 512, 1024, 2048, 4096)
+_BLOCKSIZES_4 = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@register_codec
+class Quant4(Codec):
+    """bitsandbytes' 4-bit ``nf4`` / ``fp4``, two codes per byte (element 0 in the high nibble).
+
+    With ``double_quant`` the fp32 absmax statistics are themselves quantized
+    (offset = their mean, the rest 8-bit blockwise in blocks of 256), as
+    bitsandbytes' ``compress_statistics=True``. Error bound: |x - x̂| <=
+    absmax_block * (largest gap of the 16-entry table) / 2 (+ the error of the
+    quantized absmax when ``double_quant``). Tables are referred to by name.
+    """
+
+    codec_id = "quant4"
+
+    def __init__(self, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True) -> None:
+        if quant_type not in ("nf4", "fp4"):
+            raise ValueError(f"quant4 quant_type must be 'nf4' or 'fp4', not {quant_type!r}")
+        if blocksize not in _BLOCKSIZES_4:
+            raise ValueError(f"quant4 blocksize must be one of {_BLOCKSIZES_4}, not {blocksize!r}")
+        self.quant_type = quant_type
+        self.blocksize = blocksize
+        self.double_quant = bool(double_quant)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"quant_type": self.quant_type, "blocksize": self.blocksize, "double_quant": self.double_quant}
+
+    def bits_per_element(self, dtype: DType, count: int) -> float:
+        nblocks = max(1, -(-count // self.blocksize))
+        stats = 8.0 * nblocks + 32.0 * -(-nblocks // 256) + 32.0 if self.double_quant else 32.0 * nblocks
+        return (8.0 * packed_size(count, 4) + stats) / max(count, 1)
+
+    def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
+        from . import kernels
+
+        packed, absmax = kernels.quantize_4bit(x, self.quant_type, self.blocksize)
+        if not self.double_quant:
+            return Encoded({"codes": ("payload", packed), "absmax": ("meta", absmax)})
+        offset, codes, nested = kernels.quantize_absmax(absmax)
+        return Encoded(
+            {"codes": ("payload", packed), "absmax_codes": ("meta", codes), "absmax_scale": ("meta", nested)},
+            {"offset": float(offset)},
+        )
+
+    def decode(
+        self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
+    ) -> np.ndarray[Any, Any]:
+        from . import kernels
+
+        nblocks = -(-count // self.blocksize)
+        packed = self.segment(segments, "codes", "uint8", packed_size(count, 4))
+        if self.double_quant:
+            codes = self.segment(segments, "absmax_codes", "uint8", nblocks)
+            nested = self.segment(segments, "absmax_scale", "float32", -(-nblocks // 256))
+            offset = np.float32(self.param(params, "offset", float))
+            absmax = kernels.dequantize_absmax(offset, codes, nested)
+        else:
+            absmax = self.segment(segments, "absmax", "float32", nblocks)
+        return np.asarray(kernels.dequantize_4bit(packed, absmax, count, self.quant_type, self.blocksize, dtype.numpy))
+
+
+# ---------------------------------------------------------------------------- precision names
+
+PRECISIONS: dict[str, Callable[[], Codec]] = {
+    "fp16": lambda: Cast("float16"),
+    "bf16": lambda: Cast("bfloat16"),
+    "fp8_e4m3": lambda: FP8("e4m3"),
+    "fp8_e5m2": lambda: FP8("e5m2"),
+    "blockwise8": lambda: Blockwise8(),
+    "nf4": lambda: Quant4("nf4"),
+    "fp4": lambda: Quant4("fp4"),
+    "minmax8": lambda: MinMax(8),
+    "minmax4": lambda: MinMax(4),
+    "minmax2": lambda: MinMax(2),
+    "minmax1": lambda: MinMax(1),
+}
+"""Short precision names accepted by ``encode(precision=...)`` and policies."""
+
+
+def precision_codec(precision: str | Codec) -> Codec:
+    """The codec for a short name (see PRECISIONS) or a Codec instance."""
+    if isinstance(precision, Codec):
+        return precision
+    make = PRECISIONS.get(precision) if isinstance(precision, str) else None
+    if make is None:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {sorted(PRECISIONS)} or pass a Codec")
+    return make()
+
+
+def decode_segments(
+    stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...],
+    segments: dict[str, np.ndarray[Any, Any]],
+    dtype: DType,
+    count: int,
+) -> np.ndarray[Any, Any]:
+    """Runs a tensor's stage chain backwards; every failure becomes a DecodeError."""
+    if len(stages) != 1:
+        raise DecodeError(f"{len(stages)} stages: this version decodes chains of exactly one codec")
+    codec_id, config, params = stages[0]
+    cls = get_codec(codec_id)
+    try:
+        codec = cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise DecodeError(f"codec {codec_id!r}: bad config {config!r} ({e})") from None
+    if dtype.name not in codec.sources:
+        raise DecodeError(f"codec {codec_id!r} cannot produce dtype {dtype.name}")
+    try:
+        out = codec.decode(segments, params, dtype, count)
+    except DecodeError as e:
+        raise DecodeError(f"codec {codec_id!r}: {e}") from None
+    except (TypeError, ValueError, IndexError, OverflowError) as e:
+        raise DecodeError(f"codec {codec_id!r} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(out, np.ndarray) or out.dtype != dtype.numpy or out.size != count:
+        raise DecodeError(
+            f"codec {codec_id!r} returned {getattr(out, 'dtype', type(out))}, expected {count} x {dtype.name}"
+        )
+    return out

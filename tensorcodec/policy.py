@@ -1,0 +1,81 @@
+"""Which precision each tensor gets: rules by name pattern, dtype and size.
+
+A policy maps tensor names (the dotted path of dict keys and list indices,
+e.g. ``model.layers.0.mlp.weight``) to precisions with shell-style patterns,
+first match wins. Whatever the rules say, a tensor travels losslessly when the
+codec cannot take its dtype (integers, bool, complex), when it has fewer than
+``min_elements`` elements, or when the codec would not make it smaller (fp16
+of a bf16 tensor).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .codecs import Codec, MinMax, precision_codec
+from .dtypes import DType
+
+__all__ = ["Policy", "DEFAULT_MIN_ELEMENTS"]
+
+DEFAULT_MIN_ELEMENTS = 4096
+"""Below this many elements a tensor (a bias, a norm) is sent losslessly unless a rule says otherwise."""
+
+Precision = str | Codec | None
+
+
+class Policy:
+    """Per-tensor precision rules.
+
+    ``Policy({"*.weight": "nf4", "*norm*": None, "*": "bf16"})`` sends every
+    weight in nf4, norms losslessly and the rest in bf16. ``min_elements``
+    keeps small tensors lossless (set 0 to quantize everything).
+    """
+
+    def __init__(self, rules: Mapping[str, Precision] | None = None, *, min_elements: int = DEFAULT_MIN_ELEMENTS):
+        if min_elements < 0:
+            raise ValueError("min_elements must be >= 0")
+        self.rules: list[tuple[str, Codec | None]] = []
+        for pattern, precision in (rules or {}).items():
+            if not isinstance(pattern, str):
+                raise TypeError(f"policy pattern {pattern!r} is not a str")
+            self.rules.append((pattern, None if precision is None else precision_codec(precision)))
+        self.min_elements = min_elements
+        self._compiled = [(re.compile(fnmatch.translate(p)), c) for p, c in self.rules]
+
+    @classmethod
+    def of(cls, precision: Precision = None, policy: Policy | Mapping[str, Precision] | None = None) -> Policy | None:
+        """The policy meant by ``encode``'s ``precision`` / ``policy`` arguments (None: all lossless)."""
+        if precision is not None and policy is not None:
+            raise ValueError("pass either precision= or policy=, not both")
+        if isinstance(policy, Policy):
+            return policy
+        if policy is not None:
+            return cls(policy)
+        if precision is not None:
+            return cls({"*": precision})
+        return None
+
+    def choose(self, name: str, dtype: DType, count: int) -> Codec | None:
+        """The codec for one tensor, or None to send it losslessly."""
+        codec: Codec | None = None
+        for pattern, candidate in self._compiled:
+            if pattern.match(name):
+                codec = candidate
+                break
+        if codec is None or dtype.name not in codec.sources or count < self.min_elements:
+            return None
+        if codec.bits_per_element(dtype, count) >= 8 * dtype.itemsize:
+            return None
+        if isinstance(codec, MinMax) and codec.stochastic:
+            codec = codec.with_stream(name)
+        return codec
+
+    def __repr__(self) -> str:
+        rules = {p: c for p, c in self.rules}
+        return f"Policy({rules!r}, min_elements={self.min_elements})"
+
+    def describe(self) -> dict[str, Any]:
+        return {"rules": [[p, None if c is None else [c.codec_id, c.get_config()]] for p, c in self.rules]}
