@@ -1,37 +1,223 @@
-"""The ``tensorcodec`` command line."""
+"""The ``tensorcodec`` command line: report, encode, decode, inspect, demo.
+
+Errors end the program with exit status 1 and one line on stderr, never a
+traceback; ``--json`` / ``--csv`` print machine-readable output.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import json
+import math
 import sys
 import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import __version__
+from .accounting import MIB, Report, inspect, nvflare_view, report
 from .core import decode, encode
 from .errors import DecodeError
-from .models import DEFAULT_MODEL, default_model_path, load_model
+from .models import DEFAULT_MODEL, default_model_path, load_model, write_safetensors
+from .policy import DEFAULT_MIN_ELEMENTS, Policy
 
 __all__ = ["main"]
 
+REPORT_PRECISIONS = ("fp32", "fp16", "bf16", "fp8_e4m3", "fp8_e5m2", "blockwise8", "nf4", "fp4", "minmax8", "minmax4")
+"""Rows of ``tensorcodec report``; "fp32" means the model as it is, losslessly."""
+
+
+class _Progress:
+    """A one-line progress bar on stderr, shown only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.enabled = sys.stderr.isatty()
+
+    def step(self, what: str) -> None:
+        self.done += 1
+        if self.enabled:
+            width = 24
+            filled = width * self.done // max(self.total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r{self.label} [{bar}] {self.done}/{self.total} {what:<12}")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+            sys.stderr.flush()
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e6):
+            return f"{value:.2e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(lines)
+
+
+def _emit(args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
+    if args.json:
+        print(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=1, default=str))
+    elif args.csv:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows(rows)
+        print(out.getvalue(), end="")
+    else:
+        if title:
+            print(title)
+        print(_table(headers, rows))
+
+
+def _load(path: str | None) -> tuple[dict[str, Any], str]:
+    if path is None:
+        return load_model(None), f"{DEFAULT_MODEL} (built-in default, {default_model_path().name})"
+    return load_model(path), path
+
+
+def _policy(args: argparse.Namespace) -> Policy | None:
+    if getattr(args, "policy", None):
+        text = args.policy
+        rules = json.loads(Path(text).read_text() if Path(text).is_file() else text)
+        if not isinstance(rules, dict):
+            raise ValueError("--policy must be a JSON object of name patterns to precisions (or null)")
+        return Policy(rules, min_elements=args.min_elements)
+    if getattr(args, "precision", None) and args.precision != "fp32":
+        return Policy({"*": args.precision}, min_elements=args.min_elements)
+    return None
+
+
+def _report(args: argparse.Namespace) -> int:
+    model, label = _load(args.model)
+    model = {k: np.array(v) if isinstance(v, np.memmap) else v for k, v in model.items()}
+    precisions = args.precision or list(REPORT_PRECISIONS)
+    progress = _Progress(len(precisions), "report")
+    results: list[tuple[str, Report, float]] = []
+    for p in precisions:
+        policy = None if p == "fp32" else Policy({"*": p}, min_elements=args.min_elements)
+        t0 = time.perf_counter()
+        _message, rep = report(model, policy=policy, quality=not args.no_quality)
+        results.append((p, rep, time.perf_counter() - t0))
+        progress.step(p)
+    progress.close()
+    if args.per_tensor:
+        p, rep, _ = results[-1]
+        headers = ["tensor", "dtype", "shape", "codec", "original B", "payload B", "meta B", "framing B", "rel MSE"]
+        rows = [
+            [r.name, r.dtype, "x".join(map(str, r.shape)) or "()", r.codec, r.original_bytes, r.payload_bytes]
+            + [r.meta_bytes, r.framing_bytes, r.rel_mse]
+            for r in rep.rows
+        ]
+        _emit(args, headers, rows, f"{label}: {p}, per tensor (bytes)")
+        return 0
+    headers = ["precision", "message MiB", "payload MiB", "meta MiB", "framing KiB", "% of fp32", "% of original"]
+    if not args.no_quality:
+        headers += ["rel MSE", "SQNR dB", "max abs err"]
+    headers += ["seconds"]
+    rows = []
+    for p, rep, seconds in results:
+        row: list[Any] = [p, rep.message_bytes / MIB, rep.payload_bytes / MIB, rep.meta_bytes / MIB]
+        row += [rep.framing_bytes / 1024, rep.percent_of_fp32(), rep.percent_of_original()]
+        if not args.no_quality:
+            row += [rep.quality.get("rel_mse"), rep.quality.get("sqnr_db"), rep.quality.get("max_abs_err")]
+        rows.append([*row, seconds])
+    n = len(results[0][1].rows) if results else 0
+    title = (
+        f"{label}: {n} tensors, {results[0][1].original_bytes:,} bytes as given"
+        f" (quantizing floating tensors of >= {args.min_elements} elements; MiB = 2^20 bytes)"
+        if results
+        else label
+    )
+    _emit(args, headers, rows, title)
+    if args.nvflare and not (args.json or args.csv):
+        print()
+        nv_rows = []
+        for p in ("fp32", "fp16", "bf16", "blockwise8", "nf4", "fp4"):
+            size, meta = nvflare_view(model, p)
+            fp32 = nvflare_view(model, "fp32")[0]
+            nv_rows.append([p, size / MIB, meta / MIB, 100 * (size + meta) / fp32 if fp32 else math.nan])
+        print(_table(["precision", "model MiB", "meta MiB", "% of fp32"], nv_rows))
+        print("(NVFlare-compatible view: tensor bytes only, each tensor shipping its own bitsandbytes state)")
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    model, _ = _load(args.input)
+    policy = _policy(args)
+    message = encode(model, policy=policy, checksum=None if args.checksum == "none" else args.checksum)
+    Path(args.output).write_bytes(message)
+    raw = sum(
+        np.asarray(v).nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size() for v in model.values()
+    )
+    print(f"{args.output}: {len(message):,} bytes ({100 * len(message) / max(raw, 1):.2f} % of {raw:,} bytes given)")
+    return 0
+
+
+def _decode(args: argparse.Namespace) -> int:
+    tree = decode(Path(args.input).read_bytes(), framework="numpy", copy=False)
+    flat: dict[str, Any] = {}
+    stack: list[tuple[Any, str]] = [(tree, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else k) for k, v in node.items())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node))
+        elif isinstance(node, (np.ndarray, np.generic)):
+            flat[path] = np.asarray(node)
+    write_safetensors(dict(sorted(flat.items())), args.output)
+    print(f"{args.output}: {len(flat)} tensors written as safetensors")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    rep = inspect(Path(args.message).read_bytes())
+    headers = ["tensor", "dtype", "shape", "codec", "payload B", "meta B", "framing B"]
+    rows = [
+        [r.name, r.dtype, "x".join(map(str, r.shape)) or "()", r.codec, r.payload_bytes, r.meta_bytes, r.framing_bytes]
+        for r in rep.rows
+    ]
+    rows.append(["(message)", "", "", "", rep.payload_bytes, rep.meta_bytes, rep.framing_bytes])
+    _emit(args, headers, rows, f"{args.message}: {rep.message_bytes:,} bytes, {len(rep.rows)} tensors")
+    return 0
+
 
 def _demo(args: argparse.Namespace) -> int:
-    path = args.model or default_model_path()
-    model = {k: np.array(v) for k, v in load_model(path).items()}  # in memory, so timings exclude disk reads
-    raw = sum(np.asarray(v).nbytes for v in model.values())
+    model, label = _load(args.model)
+    model = {k: np.array(v) for k, v in model.items()}  # in memory, so timings exclude disk reads
+    raw = sum(v.nbytes for v in model.values())
     t0 = time.perf_counter()
     message = encode(model, checksum="xxh3_64")
     t1 = time.perf_counter()
     back = decode(message, copy=False)
     t2 = time.perf_counter()
     same = all(
-        back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == np.asarray(v).tobytes()
+        back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes()
         for k, v in model.items()
     )
-    name = DEFAULT_MODEL if args.model is None else str(path)
-    print(f"model      {name}: {len(model)} tensors, {raw:,} bytes of tensor data")
+    print(f"model      {label}: {len(model)} tensors, {raw:,} bytes of tensor data")
     print(f"message    {len(message):,} bytes ({len(message) - raw:,} bytes of framing, xxh3_64 checksums)")
     print(f"encode     {(t1 - t0) * 1e3:.1f} ms ({raw / (t1 - t0) / 1e9:.2f} GB/s)")
     print(f"decode     {(t2 - t1) * 1e3:.2f} ms, zero-copy views, checksums verified")
@@ -39,17 +225,58 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tensorcodec", description="Messages of tensors to compact bytes and back.")
     parser.add_argument("--version", action="version", version=f"tensorcodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="encode and decode a model, report what happened")
-    demo.add_argument("model", nargs="?", help=f"model file (default: the built-in {DEFAULT_MODEL} weights)")
-    demo.set_defaults(run=_demo)
-    args = parser.parse_args(argv)
+    model_help = f"safetensors, torch checkpoint, .npz or tensorcodec message (default: the built-in {DEFAULT_MODEL})"
+
+    def output_flags(p: argparse.ArgumentParser) -> None:
+        group = p.add_mutually_exclusive_group()
+        group.add_argument("--json", action="store_true", help="print JSON")
+        group.add_argument("--csv", action="store_true", help="print CSV")
+
+    p = sub.add_parser("report", help="size and quality of a model at every precision")
+    p.add_argument("model", nargs="?", help=model_help)
+    p.add_argument("--precision", action="append", help="only these precisions (repeatable)")
+    p.add_argument("--min-elements", type=int, default=DEFAULT_MIN_ELEMENTS, help="smaller tensors stay lossless")
+    p.add_argument("--no-quality", action="store_true", help="skip the error columns (faster)")
+    p.add_argument("--per-tensor", action="store_true", help="one row per tensor (for the last precision)")
+    p.add_argument("--nvflare", action="store_true", help="also print the NVFlare-compatible size view")
+    output_flags(p)
+    p.set_defaults(run=_report)
+
+    p = sub.add_parser("encode", help="encode a model file into a message")
+    p.add_argument("input", help=model_help)
+    p.add_argument("output")
+    p.add_argument("--precision", help="one precision for every eligible tensor")
+    p.add_argument("--policy", help='JSON (or a JSON file): {"*.weight": "nf4", "*norm*": null, "*": "bf16"}')
+    p.add_argument("--min-elements", type=int, default=DEFAULT_MIN_ELEMENTS)
+    p.add_argument("--checksum", default="xxh3_64", choices=["xxh3_64", "crc32c", "none"])
+    p.set_defaults(run=_encode)
+
+    p = sub.add_parser("decode", help="decode a message into a safetensors file")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.set_defaults(run=_decode)
+
+    p = sub.add_parser("inspect", help="the header of a message, without decoding its payload")
+    p.add_argument("message")
+    output_flags(p)
+    p.set_defaults(run=_inspect)
+
+    p = sub.add_parser("demo", help="encode and decode a model losslessly, report what happened")
+    p.add_argument("model", nargs="?", help=model_help)
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        result: Any = args.run(args)
-        return int(result)
-    except (OSError, ValueError, TypeError, DecodeError) as e:
+        return int(args.run(args))
+    except (OSError, ValueError, TypeError, KeyError, DecodeError, ImportError) as e:
         print(f"tensorcodec: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130

@@ -86,6 +86,18 @@ class Codec:
         """Encoded bits per element (payload + metadata) for a source of ``dtype``; decides skipping."""
         raise NotImplementedError
 
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]] | None:
+        """``name -> (role, dtype, shape)`` of the segments for ``count`` elements, if fixed by size alone.
+
+        Lets ``tensorcodec.predict`` size a message without quantizing anything;
+        None for codecs whose output depends on the data.
+        """
+        return None
+
+    def predicted_params(self) -> dict[str, Any]:
+        """Stand-in per-tensor params of the same encoded size, for ``predict``."""
+        return {}
+
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         raise NotImplementedError
 
@@ -278,6 +290,9 @@ class Cast(Codec):
     def bits_per_element(self, dtype: DType, count: int) -> float:
         return 8.0 * self._target.itemsize
 
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
+        return {"data": ("payload", self.to, [count])}
+
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         limit = self._TARGETS[self.to]
         if limit is None:
@@ -332,6 +347,9 @@ class FP8(Codec):
 
     def bits_per_element(self, dtype: DType, count: int) -> float:
         return 8.0 + 32.0 * self._blocks(count) / max(count, 1)
+
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
+        return {"codes": ("payload", self._dtype.name, [count]), "scale": ("meta", "float32", [self._blocks(count)])}
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         x32 = _float32(x)
@@ -401,6 +419,16 @@ class MinMax(Codec):
 
     def bits_per_element(self, dtype: DType, count: int) -> float:
         return self.bits + 64.0 * self._blocks(count) / max(count, 1)
+
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
+        """The layout of a non-constant tensor (a constant one sends no codes)."""
+        return {
+            "range": ("meta", "float32", [2 * self._blocks(count)]),
+            "codes": ("payload", "uint8", [packed_size(count, self.bits)]),
+        }
+
+    def predicted_params(self) -> dict[str, Any]:
+        return {"stream": 0xFFFFFFFF} if self.stochastic else {}
 
     def with_stream(self, name: str) -> MinMax:
         """A copy whose stochastic noise is keyed by a tensor name, so every tensor gets its own stream."""
@@ -492,6 +520,9 @@ class Blockwise8(Codec):
     def bits_per_element(self, dtype: DType, count: int) -> float:
         return 8.0 + 32.0 * max(1, -(-count // self.blocksize)) / max(count, 1)
 
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
+        return {"codes": ("payload", "uint8", [count]), "absmax": ("meta", "float32", [-(-count // self.blocksize)])}
+
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         from . import kernels
 
@@ -541,6 +572,19 @@ class Quant4(Codec):
         nblocks = max(1, -(-count // self.blocksize))
         stats = 8.0 * nblocks + 32.0 * -(-nblocks // 256) + 32.0 if self.double_quant else 32.0 * nblocks
         return (8.0 * packed_size(count, 4) + stats) / max(count, 1)
+
+    def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
+        nblocks = -(-count // self.blocksize)
+        layout = {"codes": ("payload", "uint8", [packed_size(count, 4)])}
+        if self.double_quant:
+            layout["absmax_codes"] = ("meta", "uint8", [nblocks])
+            layout["absmax_scale"] = ("meta", "float32", [-(-nblocks // 256)])
+        else:
+            layout["absmax"] = ("meta", "float32", [nblocks])
+        return layout
+
+    def predicted_params(self) -> dict[str, Any]:
+        return {"offset": 0.0} if self.double_quant else {}
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         from . import kernels

@@ -278,8 +278,11 @@ def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return d
 
 
-def parse_message(rope: Rope, limits: Limits, verify: bool) -> Header:
-    """Validates preamble, header and layout; verifies checksums if asked and present."""
+def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool = True) -> Header:
+    """Validates preamble, header and layout; verifies checksums if asked and present.
+
+    ``check_padding=False`` is for sizing a header whose segments are not at hand.
+    """
     total = rope.total
     if total < PREAMBLE_SIZE:
         raise _fail(f"message is {total} bytes, shorter than the {PREAMBLE_SIZE}-byte preamble")
@@ -371,7 +374,8 @@ def parse_message(rope: Rope, limits: Limits, verify: bool) -> Header:
             f"decoded tensors would take {decoded} bytes, over the cap of {cap} ({source}); "
             "pass limits=Limits(max_decoded_bytes=...) to allow more"
         )
-    _check_padding(rope, gaps)
+    if check_padding:
+        _check_padding(rope, gaps)
 
     checksum = body.get("checksum")
     checksums: list[int] = []
