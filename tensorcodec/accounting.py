@@ -46,7 +46,7 @@ class TensorRow:
     codec: str
     """"raw" for lossless, else the codec id and its config."""
     original_bytes: int
-    """The tensor's size as given (elements × itemsize), once per name it is sent under."""
+    """The tensor's size as given (elements x itemsize), once per name it is sent under."""
     fp32_bytes: int
     """Its size if it were fp32 (non-floating tensors count as they are), once per name."""
     payload_bytes: int
