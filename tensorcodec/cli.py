@@ -76,6 +76,14 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _shape(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape)) or "()"
+
+
+def _sizes(row: Any) -> list[int]:
+    return [row.original_bytes, row.payload_bytes, row.meta_bytes, row.framing_bytes]
+
+
 def _emit(args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
     if args.json:
         print(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=1, default=str))
@@ -125,11 +133,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.per_tensor:
         p, rep, _ = results[-1]
         headers = ["tensor", "dtype", "shape", "codec", "original B", "payload B", "meta B", "framing B", "rel MSE"]
-        rows = [
-            [r.name, r.dtype, "x".join(map(str, r.shape)) or "()", r.codec, r.original_bytes, r.payload_bytes]
-            + [r.meta_bytes, r.framing_bytes, r.rel_mse]
-            for r in rep.rows
-        ]
+        rows = [[r.name, r.dtype, _shape(r.shape), r.codec, *_sizes(r), r.rel_mse] for r in rep.rows]
         _emit(args, headers, rows, f"{label}: {p}, per tensor (bytes)")
         return 0
     headers = ["precision", "message MiB", "payload MiB", "meta MiB", "framing KiB", "% of fp32", "% of original"]
@@ -196,8 +200,7 @@ def _inspect(args: argparse.Namespace) -> int:
     rep = inspect(Path(args.message).read_bytes())
     headers = ["tensor", "dtype", "shape", "codec", "payload B", "meta B", "framing B"]
     rows = [
-        [r.name, r.dtype, "x".join(map(str, r.shape)) or "()", r.codec, r.payload_bytes, r.meta_bytes, r.framing_bytes]
-        for r in rep.rows
+        [r.name, r.dtype, _shape(r.shape), r.codec, r.payload_bytes, r.meta_bytes, r.framing_bytes] for r in rep.rows
     ]
     rows.append(["(message)", "", "", "", rep.payload_bytes, rep.meta_bytes, rep.framing_bytes])
     _emit(args, headers, rows, f"{args.message}: {rep.message_bytes:,} bytes, {len(rep.rows)} tensors")
