@@ -18,9 +18,9 @@ import numpy as np
 __all__ = ["DType", "DTYPES", "by_name", "from_numpy", "from_torch", "torch_dtype"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DType:
-    """One row of the table."""
+    """One row of the table; rows are singletons, compared and hashed by identity."""
 
     name: str
     """Wire name, e.g. ``"bfloat16"``."""
