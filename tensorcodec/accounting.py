@@ -341,20 +341,23 @@ def predict(
             index = len(entries)
             seen[identity] = index
             count = math.prod(shape)
-            codec: Codec | None = rules.choose(name, row, count) if rules is not None else None
-            if codec is None:
+            chain: list[Codec] | None = rules.choose(name, row, count) if rules is not None else None
+            if chain is None:
                 entries.append([row.name, list(shape)])
                 sizes.append(count * row.itemsize)
             else:
-                layout = codec.segment_layout(row, count)
-                if layout is None:
-                    raise ValueError(f"{name!r}: codec {codec.codec_id!r} has data-dependent sizes; use report()")
+                stage_dtype = row
+                for codec in chain[:-1]:
+                    stage_dtype = codec.output_dtype(stage_dtype) or stage_dtype
+                layout = chain[-1].segment_layout(stage_dtype, count)
+                if layout is None or len(chain) > 1:
+                    raise ValueError(f"{name!r}: {chain} has data-dependent or chained sizes; use report()")
                 described = []
                 for seg_name, (role, seg_dtype, seg_shape) in layout.items():
                     described.append([seg_name, role, seg_dtype, seg_shape])
                     sizes.append(math.prod(seg_shape) * dtypes.BY_NAME[seg_dtype].itemsize)
-                stage = [codec.codec_id, codec.get_config(), codec.predicted_params()]
-                entries.append([row.name, list(shape), [stage], described])
+                stages = [[c.codec_id, c.get_config(), c.predicted_params()] for c in chain]
+                entries.append([row.name, list(shape), stages, described])
         index_of[name] = index
         tree[name] = msgpack.ExtType(2, index.to_bytes(1 if index < 256 else 2 if index < 65536 else 4, "little"))
     tree_bytes = msgpack.packb(tree, use_bin_type=True)

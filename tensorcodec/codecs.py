@@ -98,6 +98,10 @@ class Codec:
         """Stand-in per-tensor params of the same encoded size, for ``predict``."""
         return {}
 
+    def output_dtype(self, dtype: DType) -> DType | None:
+        """For an array-to-array stage, the dtype of the "data" segment it hands on; None otherwise."""
+        return None
+
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         raise NotImplementedError
 
@@ -256,7 +260,8 @@ def unpack_bits(packed: np.ndarray[Any, Any], bits: int, count: int) -> np.ndarr
         return lanes.reshape(-1)[:count]
     bitplanes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
     weights = (1 << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
-    return (bitplanes.astype(np.uint32) * weights).sum(axis=1, dtype=np.uint32)
+    codes: np.ndarray[Any, Any] = (bitplanes.astype(np.uint32) * weights).sum(axis=1, dtype=np.uint32)
+    return codes
 
 
 def packed_size(count: int, bits: int) -> int:
@@ -292,6 +297,9 @@ class Cast(Codec):
 
     def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
         return {"data": ("payload", self.to, [count])}
+
+    def output_dtype(self, dtype: DType) -> DType:
+        return self._target
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         limit = self._TARGETS[self.to]
@@ -643,31 +651,80 @@ def precision_codec(precision: str | Codec) -> Codec:
     return make()
 
 
+MAX_STAGES = 4
+"""Longest codec chain a decoder accepts."""
+
+
+def _build(codec_id: str, config: dict[str, Any]) -> Codec:
+    cls = get_codec(codec_id)
+    try:
+        return cls.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise DecodeError(f"codec {codec_id!r}: bad config {config!r} ({e})") from None
+
+
+def _run_decode(
+    codec: Codec, segments: Mapping[str, np.ndarray[Any, Any]], params: Any, dtype: DType, count: int
+) -> np.ndarray[Any, Any]:
+    cid = codec.codec_id
+    if dtype.name not in codec.sources:
+        raise DecodeError(f"codec {cid!r} cannot produce dtype {dtype.name}")
+    try:
+        out = codec.decode(segments, params, dtype, count)
+    except DecodeError as e:
+        raise DecodeError(f"codec {cid!r}: {e}") from None
+    except (TypeError, ValueError, IndexError, OverflowError) as e:
+        raise DecodeError(f"codec {cid!r} failed: {type(e).__name__}: {e}") from None
+    if not isinstance(out, np.ndarray) or out.dtype != dtype.numpy or out.size != count:
+        got = getattr(out, "dtype", type(out))
+        raise DecodeError(f"codec {cid!r} returned {got}, expected {count} x {dtype.name}")
+    return out.reshape(-1)
+
+
 def decode_segments(
     stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...],
     segments: dict[str, np.ndarray[Any, Any]],
     dtype: DType,
     count: int,
 ) -> np.ndarray[Any, Any]:
-    """Runs a tensor's stage chain backwards; every failure becomes a DecodeError."""
-    if len(stages) != 1:
-        raise DecodeError(f"{len(stages)} stages: this version decodes chains of exactly one codec")
-    codec_id, config, params = stages[0]
-    cls = get_codec(codec_id)
-    try:
-        codec = cls.from_config(config)
-    except (TypeError, ValueError) as e:
-        raise DecodeError(f"codec {codec_id!r}: bad config {config!r} ({e})") from None
-    if dtype.name not in codec.sources:
-        raise DecodeError(f"codec {codec_id!r} cannot produce dtype {dtype.name}")
-    try:
-        out = codec.decode(segments, params, dtype, count)
-    except DecodeError as e:
-        raise DecodeError(f"codec {codec_id!r}: {e}") from None
-    except (TypeError, ValueError, IndexError, OverflowError) as e:
-        raise DecodeError(f"codec {codec_id!r} failed: {type(e).__name__}: {e}") from None
-    if not isinstance(out, np.ndarray) or out.dtype != dtype.numpy or out.size != count:
-        raise DecodeError(
-            f"codec {codec_id!r} returned {getattr(out, 'dtype', type(out))}, expected {count} x {dtype.name}"
-        )
+    """Runs a tensor's stage chain backwards; every failure becomes a DecodeError.
+
+    Every stage but the last must hand its output to the next as the segment
+    "data" (an array-to-array stage such as ``Cast``).
+    """
+    if len(stages) > MAX_STAGES:
+        raise DecodeError(f"{len(stages)} stages exceed the limit of {MAX_STAGES}")
+    codecs = [_build(cid, cfg) for cid, cfg, _ in stages]
+    dts = [dtype]
+    for codec in codecs[:-1]:
+        if dts[-1].name not in codec.sources:
+            raise DecodeError(f"codec {codec.codec_id!r} cannot take dtype {dts[-1].name}")
+        nxt = codec.output_dtype(dts[-1])
+        if nxt is None:
+            raise DecodeError(f"codec {codec.codec_id!r} cannot be followed by another stage")
+        dts.append(nxt)
+    if "data" in segments and len(codecs) > 1:
+        raise DecodeError("segment name 'data' is reserved between stages of a chain")
+    out = _run_decode(codecs[-1], segments, stages[-1][2], dts[-1], count)
+    for k in range(len(codecs) - 2, -1, -1):
+        out = _run_decode(codecs[k], {**segments, "data": out}, stages[k][2], dts[k], count)
     return out
+
+
+def encode_chain(codecs: list[Codec], x: np.ndarray[Any, Any]) -> tuple[list[list[Any]], Segments]:
+    """Runs ``codecs`` in order on ``x``: the wire stages and the final segments."""
+    stages: list[list[Any]] = []
+    segments: Segments = {}
+    for k, codec in enumerate(codecs):
+        encoded = codec.encode(x)
+        stages.append([codec.codec_id, codec.get_config(), encoded.params])
+        if k < len(codecs) - 1:
+            data = encoded.segments.pop("data", None)
+            if data is None:
+                raise TypeError(f"codec {codec.codec_id!r} produced no 'data' segment for the next stage")
+            x = data[1]
+        for name, value in encoded.segments.items():
+            if name in segments:
+                raise TypeError(f"two stages of a chain both produced segment {name!r}")
+            segments[name] = value
+    return stages, segments

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import dtypes, wire
 from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy
-from .codecs import Codec, decode_segments
+from .codecs import Codec, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
 from .tree import flatten, unflatten
@@ -42,22 +42,21 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
     return wire.pack_header(entries, tree, checksum, sums), segments
 
 
-def _encode_leaf(codec: Codec, leaf: Leaf, name: str) -> tuple[list[Any], list[Any]]:
-    """Header entry and segment bytes of one tensor encoded by ``codec``."""
+def _encode_leaf(codecs: list[Codec], leaf: Leaf, name: str) -> tuple[list[Any], list[Any]]:
+    """Header entry and segment bytes of one tensor encoded by a chain of codecs."""
     try:
-        encoded = codec.encode(leaf.data.view(leaf.dtype.numpy))
+        stages, segments = encode_chain(codecs, leaf.data.view(leaf.dtype.numpy))
     except (TypeError, ValueError) as e:
         raise type(e)(f"tensor {name!r}: {e}") from None
     described = []
     data = []
-    for seg_name, (role, arr) in encoded.segments.items():
+    for seg_name, (role, arr) in segments.items():
         row = dtypes.from_numpy(arr.dtype)
         if row is None or role not in wire.ROLES:
-            raise TypeError(f"codec {codec.codec_id!r} produced segment {seg_name!r} of {arr.dtype}/{role!r}")
+            raise TypeError(f"tensor {name!r}: a codec produced segment {seg_name!r} of {arr.dtype}/{role!r}")
         described.append([seg_name, role, row.name, list(arr.shape)])
         data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
-    stage = [codec.codec_id, codec.get_config(), encoded.params]
-    return [leaf.dtype.name, leaf.shape, [stage], described], data
+    return [leaf.dtype.name, leaf.shape, stages, described], data
 
 
 def encode_frames(

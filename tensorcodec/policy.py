@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .codecs import Codec, MinMax, precision_codec
@@ -23,7 +23,8 @@ __all__ = ["Policy", "DEFAULT_MIN_ELEMENTS"]
 DEFAULT_MIN_ELEMENTS = 4096
 """Below this many elements a tensor (a bias, a norm) is sent losslessly unless a rule says otherwise."""
 
-Precision = str | Codec | None
+Precision = str | Codec | Sequence[str | Codec] | None
+"""A precision name, a Codec, a chain of them (e.g. ``["bf16", "blockwise8"]``), or None for lossless."""
 
 
 class Policy:
@@ -37,11 +38,11 @@ class Policy:
     def __init__(self, rules: Mapping[str, Precision] | None = None, *, min_elements: int = DEFAULT_MIN_ELEMENTS):
         if min_elements < 0:
             raise ValueError("min_elements must be >= 0")
-        self.rules: list[tuple[str, Codec | None]] = []
+        self.rules: list[tuple[str, list[Codec] | None]] = []
         for pattern, precision in (rules or {}).items():
             if not isinstance(pattern, str):
                 raise TypeError(f"policy pattern {pattern!r} is not a str")
-            self.rules.append((pattern, None if precision is None else precision_codec(precision)))
+            self.rules.append((pattern, _chain(precision)))
         self.min_elements = min_elements
         self._compiled = [(re.compile(fnmatch.translate(p)), c) for p, c in self.rules]
 
@@ -58,24 +59,42 @@ class Policy:
             return cls({"*": precision})
         return None
 
-    def choose(self, name: str, dtype: DType, count: int) -> Codec | None:
-        """The codec for one tensor, or None to send it losslessly."""
-        codec: Codec | None = None
+    def choose(self, name: str, dtype: DType, count: int) -> list[Codec] | None:
+        """The codec chain for one tensor, or None to send it losslessly."""
+        chain: list[Codec] | None = None
         for pattern, candidate in self._compiled:
             if pattern.match(name):
-                codec = candidate
+                chain = candidate
                 break
-        if codec is None or dtype.name not in codec.sources or count < self.min_elements:
+        if chain is None or count < self.min_elements:
             return None
-        if codec.bits_per_element(dtype, count) >= 8 * dtype.itemsize:
+        stage_dtype: DType | None = dtype
+        for codec in chain[:-1]:
+            if stage_dtype is None or stage_dtype.name not in codec.sources:
+                return None
+            stage_dtype = codec.output_dtype(stage_dtype)
+        last = chain[-1]
+        if stage_dtype is None or stage_dtype.name not in last.sources:
             return None
-        if isinstance(codec, MinMax) and codec.stochastic:
-            codec = codec.with_stream(name)
-        return codec
+        if last.bits_per_element(stage_dtype, count) >= 8 * dtype.itemsize:
+            return None
+        return [c.with_stream(name) if isinstance(c, MinMax) and c.stochastic else c for c in chain]
 
     def __repr__(self) -> str:
         rules = {p: c for p, c in self.rules}
         return f"Policy({rules!r}, min_elements={self.min_elements})"
 
     def describe(self) -> dict[str, Any]:
-        return {"rules": [[p, None if c is None else [c.codec_id, c.get_config()]] for p, c in self.rules]}
+        rules = [[p, None if cs is None else [[c.codec_id, c.get_config()] for c in cs]] for p, cs in self.rules]
+        return {"rules": rules, "min_elements": self.min_elements}
+
+
+def _chain(precision: Precision) -> list[Codec] | None:
+    if precision is None:
+        return None
+    if isinstance(precision, (str, Codec)):
+        return [precision_codec(precision)]
+    chain = [precision_codec(p) for p in precision]
+    if not chain:
+        raise ValueError("an empty precision chain; use None for lossless")
+    return chain
