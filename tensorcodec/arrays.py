@@ -48,6 +48,8 @@ def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtyp
         arr = _to_little_endian(arr, row)
     elif not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
+    elif arr.dtype.kind != "V":  # ml_dtypes types have no buffer-protocol format
+        return np.frombuffer(arr, dtype=np.uint8)
     return arr.reshape(-1).view(np.uint8)
 
 
