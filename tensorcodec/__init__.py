@@ -12,6 +12,7 @@ from .codecs import (
     Encoded,
     MinMax,
     Quant4,
+    Quantized,
     get_codec,
     register_codec,
     registered_codecs,
@@ -20,6 +21,7 @@ from .core import decode, encode, encode_frames, encode_into
 from .dtypes import DTYPES, DType
 from .errors import ChecksumError, DecodeError, UnknownCodecError
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
+from .stream import DEFAULT_MAX_FRAME_BYTES, StreamDecoder, StreamTensor, decode_stream, dump, encode_stream, load
 from .wire import Limits
 
 __all__ = [
@@ -28,6 +30,13 @@ __all__ = [
     "encode_frames",
     "encode_into",
     "decode",
+    "encode_stream",
+    "decode_stream",
+    "StreamDecoder",
+    "StreamTensor",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "dump",
+    "load",
     "Limits",
     "Policy",
     "DEFAULT_MIN_ELEMENTS",
@@ -42,6 +51,7 @@ __all__ = [
     "MinMax",
     "Blockwise8",
     "Quant4",
+    "Quantized",
     "DecodeError",
     "ChecksumError",
     "UnknownCodecError",

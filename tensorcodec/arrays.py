@@ -28,6 +28,8 @@ NUMPY, TORCH, SCALAR = 1, 2, 3
 """Leaf kinds; they double as the msgpack ext codes of tensor references."""
 
 _LITTLE = sys.byteorder == "little"
+_NUMPY_NATIVE = frozenset(d.name for d in dtypes.DTYPES if d.numpy.type.__module__ == "numpy")
+"""Dtypes numpy itself defines; torch converts only these, and ml_dtypes types have kinds "V", "f" and "W"."""
 
 # torch warns when it wraps memory it may not write; copy=False hands out such
 # views on purpose and says so in its documentation.
@@ -39,7 +41,9 @@ class Leaf(NamedTuple):
     dtype: DType
     shape: tuple[int, ...]
     data: np.ndarray[Any, np.dtype[np.uint8]]
-    """Flat, C-contiguous, little-endian bytes of the tensor."""
+    """Flat, C-contiguous, little-endian bytes of the tensor (empty for a pre-encoded one)."""
+    encoded: Any = None
+    """A ``codecs.Quantized`` sent as it is, or None."""
 
 
 def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -73,7 +77,7 @@ def leaf_from_numpy(arr: np.ndarray[Any, Any] | np.generic, kind: int = NUMPY) -
     row = dtypes.from_numpy(arr.dtype)
     if row is None:
         return None
-    return tuple.__new__(Leaf, (kind, row, arr.shape, _raw_bytes(arr, row)))
+    return tuple.__new__(Leaf, (kind, row, arr.shape, _raw_bytes(arr, row), None))
 
 
 def leaf_from_torch(t: Any) -> Leaf | None:
@@ -85,12 +89,13 @@ def leaf_from_torch(t: Any) -> Leaf | None:
     row = dtypes.from_torch(t.dtype)
     if row is None:
         return None
+    native = row.name in _NUMPY_NATIVE
     try:  # numpy() refuses every case the slow path below handles
-        arr = t.numpy() if row.numpy.kind != "V" else t.view(_torch_int_of_width(row.itemsize)).numpy()
+        arr = t.numpy() if native else t.view(_torch_int_of_width(row.itemsize)).numpy()
     except (RuntimeError, TypeError):
         t = _plain_cpu_tensor(t)
-        arr = t.numpy() if row.numpy.kind != "V" else t.view(_torch_int_of_width(row.itemsize)).numpy()
-    return tuple.__new__(Leaf, (TORCH, row, arr.shape, _raw_bytes(arr, row)))
+        arr = t.numpy() if native else t.view(_torch_int_of_width(row.itemsize)).numpy()
+    return tuple.__new__(Leaf, (TORCH, row, arr.shape, _raw_bytes(arr, row), None))
 
 
 def _plain_cpu_tensor(t: Any) -> Any:
@@ -154,12 +159,13 @@ class Materializer:
         return self.numpy(row, shape, nbytes, buf, offset)[()]
 
     def torch(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int, buf_key: int | None) -> Any:
-        key = (buf_key, row)
+        shift = offset % row.itemsize  # nonzero where a frame starts off the element grid
+        key = (buf_key, row, shift)
         base = self._bases.get(key) if buf_key is not None else None
         if nbytes == 0:
             base = _NO_BASE
         elif base is None:
-            base = self._torch_base(row, buf, nbytes)
+            base = self._torch_base(row, buf[shift:] if shift else buf, nbytes)
             if buf_key is not None:
                 self._bases[key] = base
         if base is _NO_BASE:
@@ -199,7 +205,7 @@ def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
     import torch
 
     tdtype = dtypes.torch_dtype(row)
-    if row.numpy.kind == "V":
+    if row.name not in _NUMPY_NATIVE:
         return torch.from_numpy(arr.view(f"u{row.itemsize}" if row.itemsize == 1 else f"i{row.itemsize}")).view(tdtype)
     return torch.from_numpy(arr)
 

@@ -29,6 +29,7 @@ from .errors import DecodeError, UnknownCodecError
 __all__ = [
     "Codec",
     "Encoded",
+    "Quantized",
     "register_codec",
     "get_codec",
     "registered_codecs",
@@ -621,6 +622,67 @@ class Quant4(Codec):
         else:
             absmax = self.segment(segments, "absmax", "float32", nblocks)
         return np.asarray(kernels.dequantize_4bit(packed, absmax, count, self.quant_type, self.blocksize, dtype.numpy))
+
+
+# ---------------------------------------------------------------------------- pre-encoded tensors
+
+
+def _native(arr: Any) -> np.ndarray[Any, Any]:
+    """A C-contiguous, native-byte-order numpy copy-if-needed of a segment (torch tensors too)."""
+    if not isinstance(arr, np.ndarray):
+        arr = np.asarray(arr.detach().cpu().numpy())
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return np.ascontiguousarray(arr)
+
+
+class Quantized:
+    """A tensor already encoded by a codec chain (e.g. taken over from bitsandbytes).
+
+    Placed in a tree, it is sent as it is — no second quantization — and the
+    receiver gets the dequantized tensor in ``framework``. ``dequantize()``
+    decodes it locally. Segments are validated exactly as on the wire.
+    """
+
+    def __init__(
+        self,
+        dtype: str,
+        shape: tuple[int, ...],
+        stages: list[tuple[str, dict[str, Any], dict[str, Any]]],
+        segments: Segments,
+        framework: str = "numpy",
+    ) -> None:
+        row = dtypes.by_name(dtype)
+        if row is None:
+            raise TypeError(f"unknown dtype {dtype!r}")
+        if framework not in ("numpy", "torch"):
+            raise ValueError("framework must be 'numpy' or 'torch'")
+        self.dtype = row
+        self.shape = tuple(int(d) for d in shape)
+        self.stages = [(str(cid), dict(cfg), dict(params)) for cid, cfg, params in stages]
+        self.segments = {name: (role, _native(arr)) for name, (role, arr) in segments.items()}
+        self.framework = framework
+
+    @property
+    def count(self) -> int:
+        return math.prod(self.shape)
+
+    def dequantize(self) -> np.ndarray[Any, Any]:
+        arrays = {name: arr for name, (_, arr) in self.segments.items()}
+        return decode_segments(tuple(self.stages), arrays, self.dtype, self.count).reshape(self.shape)
+
+    def wire_entry(self) -> tuple[list[Any], list[np.ndarray[Any, Any]]]:
+        """The tensor-table entry and the segments' bytes, in order."""
+        described = []
+        data = []
+        for name, (role, arr) in self.segments.items():
+            row = dtypes.from_numpy(arr.dtype)
+            if row is None:
+                raise TypeError(f"segment {name!r} has unsupported dtype {arr.dtype}")
+            described.append([name, role, row.name, list(arr.shape)])
+            data.append(arr.reshape(-1).view(np.uint8))
+        stages = [[cid, cfg, params] for cid, cfg, params in self.stages]
+        return [self.dtype.name, list(self.shape), stages, described], data
 
 
 # ---------------------------------------------------------------------------- precision names

@@ -29,6 +29,11 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
     segments: list[Any] = []
     for i, leaf in enumerate(leaves):
         codec = None
+        if leaf.encoded is not None:
+            entry, data = leaf.encoded.wire_entry()
+            entries.append(entry)
+            segments.extend(data)
+            continue
         if rules is not None and names is not None:
             codec = rules.choose(names[i], leaf.dtype, leaf.data.nbytes // leaf.dtype.itemsize)
         if codec is None:

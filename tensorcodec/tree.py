@@ -26,6 +26,7 @@ import msgpack
 import numpy as np
 
 from .arrays import NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
+from .codecs import Quantized
 from .errors import DecodeError
 
 __all__ = ["flatten", "unflatten", "format_path", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
@@ -54,6 +55,7 @@ def format_path(path: list[Any]) -> str:
 
 
 _PAYLOADS: list[bytes] = []
+_EMPTY = np.empty(0, dtype=np.uint8)
 
 
 def _ref(kind: int, index: int) -> msgpack.ExtType:
@@ -126,7 +128,7 @@ class _Flattener:
             if isinstance(obj, tuple):
                 return tuple.__new__(msgpack.ExtType, (EXT_TUPLE, _pack(items)))
             return items
-        if isinstance(obj, (np.ndarray, np.generic, self._tensor_type)):
+        if isinstance(obj, (np.ndarray, np.generic, self._tensor_type, Quantized)):
             return self._leaf(obj)
         # Subclasses (IntEnum, str enums, ...) travel as their base type.
         for base in (bool, int, float, str, bytes):
@@ -145,15 +147,23 @@ class _Flattener:
             seen = self._by_id.get(id(obj))
             if seen is not None:
                 return _ref(NUMPY, seen[1])
-            leaf = leaf_from_numpy(obj)
+            if isinstance(obj, np.ma.MaskedArray):
+                raise _PathError(TypeError, "a masked array would lose its mask; send .data and .mask separately")
+            leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
             self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
         elif isinstance(obj, np.generic):
             kind = SCALAR
             leaf = leaf_from_numpy(obj, SCALAR)
+        elif isinstance(obj, Quantized):
+            kind = TORCH if obj.framework == "torch" else NUMPY
+            leaf = tuple.__new__(Leaf, (kind, obj.dtype, obj.shape, _EMPTY, obj))
         else:
             kind = TORCH
             # Tensors sharing storage, offset and layout (tied weights) are sent once.
-            ptr = obj.data_ptr()
+            try:
+                ptr = obj.data_ptr()
+            except RuntimeError:  # sparse layouts have no storage; leaf_from_torch says so below
+                ptr = 0
             if ptr:
                 for other, index in self._by_ptr.get(ptr, ()):
                     if (
@@ -161,6 +171,8 @@ class _Flattener:
                         and other.shape == obj.shape
                         and other.stride() == obj.stride()
                         and other.device == obj.device
+                        and other.is_conj() == obj.is_conj()
+                        and other.is_neg() == obj.is_neg()
                     ):
                         return _ref(TORCH, index)
                 self._by_ptr.setdefault(ptr, []).append((obj, len(self.leaves)))
@@ -239,10 +251,7 @@ def unflatten(
             referenced[index] = 1
             return tensor(index, code)
         if code == EXT_TUPLE:
-            items = unpack(payload)
-            if type(items) is not list:
-                raise DecodeError("tree: tuple payload is not a msgpack array")
-            return _Tuple(items)
+            return _TuplePayload(payload)
         if code == EXT_BIGINT:
             if not payload:
                 raise DecodeError("tree: empty big-int payload")
@@ -252,15 +261,22 @@ def unflatten(
         raise DecodeError(f"tree: unknown ext type code {code}")
 
     def unpack(b: bytes | memoryview) -> Any:
-        return msgpack.unpackb(b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs)
+        try:
+            return msgpack.unpackb(
+                b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs
+            )
+        except DecodeError:
+            raise
+        except Exception as e:  # msgpack reports malformed input through many types
+            raise DecodeError(f"tree: malformed msgpack ({type(e).__name__}: {e})") from None
 
-    try:
-        tree = unpack(data)
-    except DecodeError:
-        raise
-    except Exception as e:  # msgpack reports malformed input through many types
-        raise DecodeError(f"tree: malformed msgpack ({type(e).__name__}: {e})") from None
-    tree = _finish(tree, max_depth)
+    def expand(payload: bytes) -> _Tuple:
+        items = unpack(payload)
+        if type(items) is not list:
+            raise DecodeError("tree: tuple payload is not a msgpack array")
+        return _Tuple(items)
+
+    tree = _finish(unpack(data), max_depth, expand)
     missing = referenced.find(0)
     if missing >= 0:
         raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
@@ -271,30 +287,41 @@ class _Tuple(list):  # type: ignore[type-arg]
     """Marks a decoded tuple until _finish converts it (msgpack builds bottom-up)."""
 
 
-def _finish(tree: Any, max_depth: int) -> Any:
-    """Checks the nesting depth and turns _Tuple markers into tuples, in one walk."""
-    stack: list[tuple[Any, int]] = [(tree, 0)]
+class _TuplePayload:
+    """A tuple's still-packed items.
+
+    _finish unpacks them one level at a time: unpacking them from inside
+    msgpack's ext hook would nest a C unpacker (tens of KiB of stack) per
+    level, and a small message of nested tuples would overflow the stack.
+    """
+
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+
+def _finish(tree: Any, max_depth: int, expand: Callable[[bytes], _Tuple]) -> Any:
+    """Checks the nesting depth, unpacks tuples and turns them into tuples, in one walk."""
+    holder = [tree]
+    stack: list[tuple[Any, int]] = [(holder, -1)]
     fixups: list[tuple[Any, Any, _Tuple]] = []
     while stack:
         node, depth = stack.pop()
-        t = type(node)
-        if t is dict:
-            items: Any = node.items()
-        elif t is list or t is _Tuple:
-            items = enumerate(node)
-        else:
-            continue
         if depth >= max_depth:
             raise DecodeError(f"tree: nesting deeper than max_depth={max_depth}")
-        for k, v in items:
+        for k, v in list(node.items()) if type(node) is dict else enumerate(node):
             tv = type(v)
+            if tv is _TuplePayload:
+                v = node[k] = expand(v.payload)
+                tv = _Tuple
             if tv is dict or tv is list or tv is _Tuple:
                 stack.append((v, depth + 1))
                 if tv is _Tuple:
                     fixups.append((node, k, v))
+            elif tv is msgpack.Timestamp:
+                raise DecodeError("tree: msgpack timestamp (ext type -1) is not a tensorcodec type")
     # Innermost first, so that a tuple's items are final before it is frozen.
     for parent, key, marker in reversed(fixups):
         parent[key] = tuple(marker)
-    if type(tree) is _Tuple:
-        tree = tuple(tree)
-    return tree
+    return holder[0]
