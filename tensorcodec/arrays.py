@@ -131,7 +131,7 @@ class Materializer:
     def __init__(self, copy: bool, device: Any) -> None:
         self.copy = copy
         self.device = device
-        self._bases: dict[tuple[int | None, DType], Any] = {}
+        self._bases: dict[tuple[int | None, DType, int], Any] = {}
 
     def numpy(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> np.ndarray[Any, Any]:
         if nbytes == 0:
@@ -162,7 +162,9 @@ class Materializer:
         shift = offset % row.itemsize  # nonzero where a frame starts off the element grid
         key = (buf_key, row, shift)
         base = self._bases.get(key) if buf_key is not None else None
-        if nbytes == 0:
+        if nbytes == 0 or (self.copy and nbytes >= _NUMPY_COPY_MIN):
+            # numpy allocates large arrays on transparent huge pages; torch's clone() does not,
+            # and first-touch page faults dominate a copy into fresh memory.
             base = _NO_BASE
         elif base is None:
             base = self._torch_base(row, buf[shift:] if shift else buf, nbytes)
@@ -199,6 +201,7 @@ class Materializer:
 
 
 _NO_BASE: Any = object()
+_NUMPY_COPY_MIN = 1 << 20
 
 
 def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 from typing import Any, Literal
 
 import numpy as np
@@ -114,7 +117,72 @@ def encode(
     tensor's bytes are copied once, into the result. Raises TypeError naming
     the path of an object that cannot be encoded.
     """
-    return b"".join(encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth))
+    frames = encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth)
+    size = sum(memoryview(f).nbytes for f in frames)
+    if size >= _HUGE_BYTES_MIN:
+        made = _fresh_bytes(size)
+        if made is not None:
+            out, dst = made
+            _copy_frames(frames, dst)
+            del dst  # the view must not outlive ``out``, which it does not keep alive
+            return out
+    return b"".join(frames)
+
+
+_HUGE_BYTES_MIN = 8 << 20
+
+
+def _fresh_bytes(size: int) -> tuple[bytes, np.ndarray[Any, Any]] | None:
+    """An uninitialised bytes object of ``size`` and a writable view of it, backed by huge pages.
+
+    Writing into freshly allocated 4 KiB pages runs at ~1.7 GB/s here (a page
+    fault per page); asking for transparent huge pages before the first touch
+    makes the one copy into the message 3-4x faster. This is what C extensions
+    do with PyBytes_FromStringAndSize(NULL, n): the object is filled before
+    anyone sees it. Returns None where that API is unavailable (not CPython).
+    """
+    api = _bytes_api()
+    if api is None:
+        return None
+    new, madvise = api
+    out = new(None, size)
+    address = ctypes.cast(ctypes.c_char_p(out), ctypes.c_void_p).value
+    if address is None:
+        return None
+    huge = 2 << 20
+    start, end = (address + huge - 1) & -huge, (address + size) & -huge
+    if madvise is not None and end > start:
+        madvise(start, end - start, 14)  # MADV_HUGEPAGE; advice only, failure is harmless
+    dst = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
+    return out, dst
+
+
+@functools.cache
+def _bytes_api() -> tuple[Any, Any] | None:
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new.restype = ctypes.py_object
+        new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    except AttributeError:
+        return None
+    madvise = None
+    if sys.platform.startswith("linux"):
+        try:
+            madvise = ctypes.CDLL(None).madvise
+            madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            madvise = None
+    return new, madvise
+
+
+def _copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:
+    pos = 0
+    for f in frames:
+        src = np.frombuffer(f, dtype=np.uint8)
+        dst[pos : pos + src.size] = src
+        pos += src.size
 
 
 def encode_into(
@@ -137,11 +205,7 @@ def encode_into(
     size = sum(memoryview(f).nbytes for f in frames)
     if size > dst.size:
         raise ValueError(f"buffer of {dst.size} bytes is too small: the message needs {size}")
-    pos = 0
-    for f in frames:
-        src = np.frombuffer(f, dtype=np.uint8)
-        dst[pos : pos + src.size] = src
-        pos += src.size
+    _copy_frames(frames, dst)
     return size
 
 
