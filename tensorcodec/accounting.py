@@ -291,18 +291,26 @@ def _add_quality(rep: Report, obj: Any, message: bytes) -> None:
 # ---------------------------------------------------------------------------- prediction
 
 
-def _spec_rows(spec: Mapping[str, Any]) -> Iterable[tuple[str, dtypes.DType, tuple[int, ...], int]]:
-    """(name, dtype row, shape, identity) from arrays, tensors (meta tensors work) or (dtype, shape) pairs."""
+def _spec_rows(spec: Mapping[str, Any]) -> Iterable[tuple[str, dtypes.DType, tuple[int, ...], Any]]:
+    """(name, dtype row, shape, identity) from arrays, tensors (meta tensors work) or (dtype, shape) pairs.
+
+    The identity says which values ``encode`` would send once: the same array object, or torch
+    tensors over the same memory with the same layout. Pairs are never the same tensor (equal
+    tuple literals may be one object); ``shared=`` ties them.
+    """
     for name, value in spec.items():
+        identity: Any
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
             row = dtypes.by_name(value[0])
             shape = tuple(int(d) for d in value[1])
-            identity = id(value)
+            identity = ("pair", name)
         else:
             dt = value.dtype
             row = dtypes.from_numpy(dt) if isinstance(dt, np.dtype) else dtypes.from_torch(dt)
             shape = tuple(int(d) for d in value.shape)
             identity = id(value)
+            if not isinstance(value, np.ndarray) and hasattr(value, "data_ptr") and value.data_ptr():
+                identity = ("torch", value.data_ptr(), str(dt), shape, tuple(value.stride()), str(value.device))
         if row is None:
             raise TypeError(f"{name!r}: dtype of {value!r} cannot be encoded")
         yield name, row, shape, identity
@@ -361,7 +369,12 @@ def predict(
         index_of[name] = index
         tree[name] = msgpack.ExtType(2, index.to_bytes(1 if index < 256 else 2 if index < 65536 else 4, "little"))
     tree_bytes = msgpack.packb(tree, use_bin_type=True)
-    sums = [(1 << 64) - 1] * len(sizes) if checksum else []
+    # Stand-ins as long as a real value: xxh3_64 values take 9 msgpack bytes, crc32c ones 5 (a
+    # value below 2^16 would take 3, a 1-in-65536 chance); an empty segment's value is known.
+    sums: list[int] = []
+    if checksum:
+        standin, empty = ((1 << 32) - 1, 0) if checksum == "crc32c" else ((1 << 64) - 1, wire.CHECKSUMS[checksum](b""))
+        sums = [standin if n else empty for n in sizes]
     prefix = wire.pack_header(entries, tree_bytes, checksum, sums)
     pos = len(prefix)
     for n in sizes:

@@ -168,10 +168,15 @@ class Materializer:
             base = _NO_BASE
         elif base is None:
             base = self._torch_base(row, buf[shift:] if shift else buf, nbytes)
+            if base is not _NO_BASE and base.data_ptr() % row.itemsize:
+                base = _NO_BASE  # torch's vector kernels fault on misaligned elements (complex128 needs 16)
             if buf_key is not None:
                 self._bases[key] = base
         if base is _NO_BASE:
-            t = _numpy_to_torch(self.numpy(row, shape, nbytes, buf, offset), row)
+            arr = self.numpy(row, shape, nbytes, buf, offset)
+            if arr.ctypes.data % row.itemsize:
+                arr = arr.copy()
+            t = _numpy_to_torch(arr, row)
         else:
             strides = []
             step = 1
@@ -208,6 +213,10 @@ def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
     import torch
 
     tdtype = dtypes.torch_dtype(row)
+    if tdtype is None:
+        raise TypeError(
+            f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
+        )
     if row.name not in _NUMPY_NATIVE:
         return torch.from_numpy(arr.view(f"u{row.itemsize}" if row.itemsize == 1 else f"i{row.itemsize}")).view(tdtype)
     return torch.from_numpy(arr)

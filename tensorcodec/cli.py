@@ -172,9 +172,7 @@ def _encode(args: argparse.Namespace) -> int:
     policy = _policy(args)
     message = encode(model, policy=policy, checksum=None if args.checksum == "none" else args.checksum)
     Path(args.output).write_bytes(message)
-    raw = sum(
-        np.asarray(v).nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size() for v in model.values()
-    )
+    raw = inspect(message).original_bytes  # what was given, each tensor once per name; works for any tree
     print(f"{args.output}: {len(message):,} bytes ({100 * len(message) / max(raw, 1):.2f} % of {raw:,} bytes given)")
     return 0
 
@@ -279,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args))
     except (OSError, ValueError, TypeError, KeyError, DecodeError, ImportError) as e:
-        print(f"tensorcodec: error: {e}", file=sys.stderr)
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line, always
+        print(f"tensorcodec: error: {text or type(e).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -216,7 +216,10 @@ def _restore(values: np.ndarray[Any, Any], dtype: DType) -> np.ndarray[Any, Any]
 def _finite_range(x: np.ndarray[Any, Any], what: str) -> tuple[float, float]:
     lo, hi = float(np.min(x)), float(np.max(x))
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        raise ValueError(f"{what} cannot encode NaN or Inf values; send this tensor losslessly (policy None)")
+        raise ValueError(
+            f"{what} cannot encode NaN or Inf values (or float64 values beyond the float32 range);"
+            " send this tensor losslessly (policy None)"
+        )
     return lo, hi
 
 
@@ -274,15 +277,21 @@ def packed_size(count: int, bits: int) -> int:
 
 @register_codec
 class Cast(Codec):
-    """Cast to a narrower float: ``float16`` (finite values clamped to ±65504) or ``bfloat16``.
+    """Cast to a narrower float: ``float16`` or ``bfloat16``, finite values clamped to the target's range.
 
     Error bound: round to nearest even, so |x - x̂| <= 2^-11 |x| (fp16) or 2^-8 |x|
-    (bf16) for values in the target's normal range; fp16 flushes below 2^-24 and
-    clamps finite values beyond 65504. NaN and ±Inf are kept.
+    (bf16) for values in the target's normal range, and <= half the smallest
+    subnormal (2^-25 fp16, 2^-134 bf16) below it; finite values beyond the
+    largest finite value (65504 fp16, about 3.39e38 bf16) become that value with
+    their sign, never Inf. NaN and ±Inf are kept.
     """
 
     codec_id = "cast"
-    _TARGETS: ClassVar[dict[str, float | None]] = {"float16": 65504.0, "bfloat16": None}
+    _TARGETS: ClassVar[dict[str, float]] = {
+        "float16": 65504.0,
+        "bfloat16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),  # type: ignore[no-untyped-call]
+    }
+    """Target -> its largest finite value, the clamp for finite inputs."""
 
     def __init__(self, to: str) -> None:
         if to not in self._TARGETS:
@@ -304,13 +313,11 @@ class Cast(Codec):
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         limit = self._TARGETS[self.to]
-        if limit is None:
-            out = x.astype(self._target.numpy)
-        else:
-            out = np.clip(x, -limit, limit).astype(self._target.numpy)
-            infinite = np.isinf(x)
-            if infinite.any():
-                out[infinite] = x[infinite]
+        wide = x if x.dtype.itemsize >= 4 else x.astype(np.float32)  # clip where the limit is exact
+        out = np.clip(wide, -limit, limit).astype(self._target.numpy)
+        infinite = np.isinf(wide)
+        if infinite.any():
+            out[infinite] = wide[infinite]
         return Encoded({"data": ("payload", out)})
 
     def decode(
@@ -318,6 +325,11 @@ class Cast(Codec):
     ) -> np.ndarray[Any, Any]:
         data = self.segment(segments, "data", self.to, count)
         out: np.ndarray[Any, Any] = data.astype(dtype.numpy)
+        if dtype.name == "float16" and self.to == "bfloat16":
+            # bf16 rounds fp16's largest values up past 65504: clamp them, as encode does, rather than give Inf.
+            over = np.isinf(out) & np.isfinite(data)
+            if over.any():
+                out[over] = np.copysign(np.float16(65504), data[over].astype(np.float32))
         return out
 
 
@@ -328,11 +340,14 @@ class Cast(Codec):
 class FP8(Codec):
     """Scaled fp8 (``e4m3`` = float8_e4m3fn, ``e5m2``): one fp32 scale per ``block`` elements (0: per tensor).
 
-    scale = absmax / fp8_max, codes = round_to_nearest_even(x / scale). Error
-    bound: |x - x̂| <= scale * 2^-4 * |x / scale| (e4m3, 3 mantissa bits) or
-    2^-3 (e5m2), plus the subnormal step near zero (scale * 2^-9 for e4m3,
-    scale * 2^-16 for e5m2). NaN stays NaN; ±Inf stays ±Inf in e5m2 and becomes
-    NaN in e4m3, which has no infinity; absmax is taken over finite values.
+    scale = absmax / fp8_max (at least 2^-126, the smallest normal fp32, so that
+    x / scale cannot overflow; 1 for an all-zero block), codes =
+    round_to_nearest_even(x / scale). Error bound: |x - x̂| <= scale * 2^-4 *
+    |x / scale| (e4m3, 3 mantissa bits) or 2^-3 (e5m2), plus the subnormal step
+    near zero (scale * 2^-9 for e4m3, scale * 2^-16 for e5m2). NaN stays NaN;
+    ±Inf stays ±Inf in e5m2 and becomes NaN in e4m3, which has no infinity;
+    absmax is taken over finite values. Values are cast to fp32 first, so
+    float64 magnitudes beyond the fp32 range count as ±Inf.
     """
 
     codec_id = "fp8"
@@ -370,8 +385,9 @@ class FP8(Codec):
         blocks = padded.reshape(nblocks, size)
         finite = np.where(np.isfinite(blocks), np.abs(blocks), 0.0)
         absmax = finite.max(axis=1) if n else np.zeros(nblocks, np.float32)
-        scale = (absmax / self._max).astype(np.float32)
-        scale[scale == 0] = 1.0
+        # A subnormal scale is too coarse: x / scale could exceed the fp8 range and become NaN/Inf.
+        scale = np.maximum(absmax / self._max, np.float32(2.0**-126)).astype(np.float32)
+        scale[absmax == 0] = 1.0
         codes = (blocks / scale[:, None]).astype(self._dtype.numpy).reshape(-1)[:n]
         return Encoded({"codes": ("payload", codes), "scale": ("meta", scale)})
 
@@ -402,7 +418,8 @@ class MinMax(Codec):
     (round to nearest) or < (max - min) / (2^bits - 1) (stochastic), plus fp32 rounding.
     A constant tensor (or block) sends no codes. Stochastic rounding is unbiased and
     reproducible: uniform noise from a Philox generator keyed by ``seed`` and the
-    tensor's ``stream`` id. NaN/Inf inputs are refused with ValueError.
+    tensor's ``stream`` id. Refused with ValueError: NaN/Inf inputs (float64 values beyond the fp32
+    range count as Inf) and ranges whose max - min overflows fp32 (beyond 3.4e38).
     """
 
     codec_id = "minmax"
@@ -437,7 +454,7 @@ class MinMax(Codec):
         }
 
     def predicted_params(self) -> dict[str, Any]:
-        return {"stream": 0xFFFFFFFF} if self.stochastic else {}
+        return {"stream": self._stream_hint} if self.stochastic else {}  # with_stream(name) set it, as for encode
 
     def with_stream(self, name: str) -> MinMax:
         """A copy whose stochastic noise is keyed by a tensor name, so every tensor gets its own stream."""
@@ -463,6 +480,8 @@ class MinMax(Codec):
             blocks = padded.reshape(nblocks, size)
             lo, hi = blocks.min(axis=1), blocks.max(axis=1)
             _finite_range(np.concatenate([lo, hi]), "minmax")
+        if n and float(np.max(hi.astype(np.float64) - lo)) > float(np.finfo(np.float32).max):
+            raise ValueError("minmax cannot encode a range whose max - min overflows float32; send it losslessly")
         params: dict[str, Any] = {}
         ranges = np.stack([lo, hi], axis=1).reshape(-1)
         segments: Segments = {"range": ("meta", ranges)}
@@ -508,12 +527,28 @@ class MinMax(Codec):
 # ---------------------------------------------------------------------------- bitsandbytes formats
 
 
+def _kernel_source(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The kernels take float32/float16/bfloat16: a float64 source goes in as its float32 values."""
+    return x.astype(np.float32) if x.dtype == np.float64 else x
+
+
+def _kernel_target(dtype: DType) -> Any:
+    """The dtype to ask the kernels for; float64 comes back as float32 and is widened by ``_restore``."""
+    return np.dtype(np.float32) if dtype.name == "float64" else dtype.numpy
+
+
 @register_codec
 class Blockwise8(Codec):
     """bitsandbytes' 8-bit blockwise quantization with the signed dynamic map; bit-compatible.
 
-    Error bound: |x - x̂| <= absmax_block * (largest gap of the dynamic map) / 2, before the
-    final cast to the source dtype. The map is referred to by name, never resent.
+    Error bound: |x - x̂| <= absmax_block * ``kernels.error_bound("dynamic")`` (0.0070468: half
+    the largest gap of the map, 0.0070313, plus the slack of bitsandbytes' approximate code
+    lookup), before the final cast to the source dtype, for blocks whose absmax is at least
+    2^-126 (fp32's smallest normal): like bitsandbytes, the kernel scales by 1 / absmax, which
+    overflows below that, and such blocks are only within 2 * absmax. NaN/Inf inputs are not
+    supported (as in bitsandbytes: a NaN decodes as an arbitrary value, an Inf turns its block
+    into ±Inf). The map is referred to by name, never resent. A float64 source is quantized
+    from its fp32 values.
     """
 
     codec_id = "blockwise8"
@@ -535,7 +570,7 @@ class Blockwise8(Codec):
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         from . import kernels
 
-        codes, absmax = kernels.quantize_blockwise8(x, self.blocksize)
+        codes, absmax = kernels.quantize_blockwise8(_kernel_source(x), self.blocksize)
         return Encoded({"codes": ("payload", codes), "absmax": ("meta", absmax)})
 
     def decode(
@@ -545,7 +580,8 @@ class Blockwise8(Codec):
 
         codes = self.segment(segments, "codes", "uint8", count)
         absmax = self.segment(segments, "absmax", "float32", -(-count // self.blocksize))
-        return np.asarray(kernels.dequantize_blockwise8(codes, absmax, self.blocksize, dtype.numpy))
+        values = kernels.dequantize_blockwise8(codes, absmax, self.blocksize, _kernel_target(dtype))
+        return _restore(np.asarray(values), dtype)
 
 
 _BLOCKSIZES_8 = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -559,8 +595,13 @@ class Quant4(Codec):
     With ``double_quant`` the fp32 absmax statistics are themselves quantized
     (offset = their mean, the rest 8-bit blockwise in blocks of 256), as
     bitsandbytes' ``compress_statistics=True``. Error bound: |x - x̂| <=
-    absmax_block * (largest gap of the 16-entry table) / 2 (+ the error of the
-    quantized absmax when ``double_quant``). Tables are referred to by name.
+    absmax_block * (largest gap of the 16-entry table) / 2 (``kernels.error_bound``:
+    0.1519 nf4, 0.1667 fp4) (+ the error of the quantized absmax when ``double_quant``), for
+    blocks whose absmax is at least 2^-126; below that (fp32 subnormals) only within 2 *
+    absmax, as in bitsandbytes. Tables are referred to by name. A float64 source is quantized
+    from its fp32 values. NaN/Inf inputs are not supported: the block holding one decodes as
+    NaN; with ``double_quant`` encoding refuses them (ValueError), as it refuses magnitudes
+    whose block statistics overflow the fp32 mean (near 3.4e38).
     """
 
     codec_id = "quant4"
@@ -598,10 +639,23 @@ class Quant4(Codec):
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         from . import kernels
 
-        packed, absmax = kernels.quantize_4bit(x, self.quant_type, self.blocksize)
+        if x.size == 0:  # nothing to quantize (the kernels need a block); the layout of an empty tensor
+            none8, none32 = np.zeros(0, np.uint8), np.zeros(0, np.float32)
+            if not self.double_quant:
+                return Encoded({"codes": ("payload", none8), "absmax": ("meta", none32)})
+            segments: Segments = {"codes": ("payload", none8), "absmax_codes": ("meta", none8)}
+            return Encoded({**segments, "absmax_scale": ("meta", none32)}, {"offset": 0.0})
+        packed, absmax = kernels.quantize_4bit(_kernel_source(x), self.quant_type, self.blocksize)
         if not self.double_quant:
             return Encoded({"codes": ("payload", packed), "absmax": ("meta", absmax)})
         offset, codes, nested = kernels.quantize_absmax(absmax)
+        if not math.isfinite(float(offset)):
+            # The fp32 mean of the statistics overflowed (Inf/NaN inputs, or magnitudes near 3.4e38):
+            # every block would decode as NaN, silently.
+            raise ValueError(
+                "quant4 double_quant: the fp32 mean of the block absmax values is not finite (NaN/Inf values or "
+                "magnitudes near the fp32 maximum); use double_quant=False or send this tensor losslessly"
+            )
         return Encoded(
             {"codes": ("payload", packed), "absmax_codes": ("meta", codes), "absmax_scale": ("meta", nested)},
             {"offset": float(offset)},
@@ -618,10 +672,15 @@ class Quant4(Codec):
             codes = self.segment(segments, "absmax_codes", "uint8", nblocks)
             nested = self.segment(segments, "absmax_scale", "float32", -(-nblocks // 256))
             offset = np.float32(self.param(params, "offset", float))
+            if count == 0:
+                return np.zeros(0, dtype.numpy)
             absmax = kernels.dequantize_absmax(offset, codes, nested)
         else:
             absmax = self.segment(segments, "absmax", "float32", nblocks)
-        return np.asarray(kernels.dequantize_4bit(packed, absmax, count, self.quant_type, self.blocksize, dtype.numpy))
+            if count == 0:
+                return np.zeros(0, dtype.numpy)
+        values = kernels.dequantize_4bit(packed, absmax, count, self.quant_type, self.blocksize, _kernel_target(dtype))
+        return _restore(np.asarray(values), dtype)
 
 
 # ---------------------------------------------------------------------------- pre-encoded tensors

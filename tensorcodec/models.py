@@ -55,6 +55,8 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray[Any, Any]]:
     if hlen > min(100_000_000, data.size - 8):
         raise ValueError(f"{path}: safetensors header length {hlen} is out of range")
     header = json.loads(data[8 : 8 + hlen].tobytes())
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the safetensors header is not a JSON object")
     base = 8 + hlen
     out: dict[str, np.ndarray[Any, Any]] = {}
     for name, info in header.items():
@@ -111,14 +113,44 @@ def load_model(path: str | Path | None = None) -> dict[str, Any]:
     if suffix in (".pt", ".pth", ".bin", ".ckpt"):
         import torch
 
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:  # torch reports bad and unsafe files as UnpicklingError, RuntimeError, ...
+            detail = str(e).split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].split(". ")[0]
+            raise ValueError(
+                f"{p}: cannot load it as a torch checkpoint with weights_only=True: {detail or type(e).__name__}"
+            ) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
-        return dict(obj)
+        return _flat_tensors(obj, p)
     from .core import decode
 
     with open(p, "rb") as f:
         tree = decode(f.read())
-    if not isinstance(tree, dict):
-        raise ValueError(f"{p}: the message holds a {type(tree).__name__}, not a dict of tensors")
-    return tree
+    return _flat_tensors(tree, p)
+
+
+def _flat_tensors(tree: Any, p: Path) -> dict[str, Any]:
+    """The tensors of a loaded tree by dotted path (dict keys, list indices), in order; other values are dropped.
+
+    Checkpoints and messages may nest (``{"model": {...}, "epoch": 3}``); the report, the
+    NVFlare view and ``decode`` to safetensors all need a flat dict of tensors.
+    """
+    out: dict[str, Any] = {}
+    stack: list[tuple[Any, str]] = [(tree, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            items: list[tuple[Any, Any]] = list(node.items())
+        elif isinstance(node, (list, tuple)):
+            items = list(enumerate(node))
+        else:
+            if hasattr(node, "dtype") and hasattr(node, "shape"):
+                out[path] = node
+            continue
+        stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(items))
+    if not out:
+        raise ValueError(f"{p}: holds no tensors")
+    return out

@@ -131,9 +131,9 @@ class _Flattener:
         if isinstance(obj, (np.ndarray, np.generic, self._tensor_type, Quantized)):
             return self._leaf(obj)
         # Subclasses (IntEnum, str enums, ...) travel as their base type.
-        for base in (bool, int, float, str, bytes):
+        for base, value in _BASES:
             if isinstance(obj, base):
-                return self.walk(base(obj), depth)  # type: ignore[arg-type]
+                return self.walk(value(obj), depth)
         if isinstance(obj, bytearray):
             return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
         raise _PathError(
@@ -191,6 +191,13 @@ class _Flattener:
 
 
 _PLAIN = {str, float, bool, bytes, int, type(None)}
+# The base type's own conversion: str(obj) would call a subclass's __str__ ("Color.RED" for a str Enum).
+_BASES: tuple[tuple[type, Callable[[Any], Any]], ...] = (
+    (int, int.__int__),
+    (float, float.__float__),
+    (str, str.__str__),
+    (bytes, lambda b: bytes(memoryview(b))),
+)
 
 
 def _bigint(v: int) -> msgpack.ExtType:

@@ -35,6 +35,7 @@ __all__ = [
     "CHECKSUMS",
     "pack_header",
     "parse_message",
+    "parse_entry",
     "aligned",
 ]
 
@@ -94,7 +95,8 @@ def _crc32c(data: Any) -> int:
         raise DecodeError(
             "the message uses crc32c checksums: pip install google-crc32c, or decode with verify=False"
         ) from None
-    return int(google_crc32c.value(bytes(data) if isinstance(data, memoryview) and not data.readonly else data))
+    # google_crc32c takes bytes and numpy arrays but refuses every memoryview; a uint8 array view copies nothing.
+    return int(google_crc32c.value(np.frombuffer(data, dtype=np.uint8)))
 
 
 CHECKSUMS: dict[str, Callable[[Any], int]] = {"xxh3_64": _xxh3_64, "crc32c": _crc32c}
@@ -197,7 +199,7 @@ class Rope:
             out[pos : pos + len(chunk)] = chunk
             pos += len(chunk)
             i, local = i + 1, 0
-        return memoryview(out)
+        return memoryview(out).toreadonly()
 
 
 def _fail(msg: str) -> DecodeError:
@@ -268,6 +270,11 @@ def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
     return Entry(row, shape, nbytes, tuple(stages), tuple(segments), first_segment)
 
 
+def parse_entry(raw: Any, index: int, limits: Limits = DEFAULT_LIMITS, first_segment: int = 0) -> Entry:
+    """One tensor-table entry, validated on its own: for decoders that meet entries one at a time (streams)."""
+    return _entry(raw, index, first_segment, limits)
+
+
 _HEADER_KEYS = {"tensors", "tree", "checksum", "checksums"}
 
 
@@ -307,7 +314,8 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
             raw=False,
             strict_map_key=True,
             object_pairs_hook=_header_map,
-            max_array_len=max(limits.max_tensors, 8) * 4,
+            # The longest legitimate arrays: checksums (one per segment) and shapes.
+            max_array_len=max(limits.max_tensors * max(limits.max_segments_per_tensor, 4), limits.max_ndim, 8),
         )
     except DecodeError:
         raise
@@ -380,7 +388,7 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     checksum = body.get("checksum")
     checksums: list[int] = []
     if checksum is not None or "checksums" in body:
-        if checksum not in CHECKSUMS:
+        if type(checksum) is not str or checksum not in CHECKSUMS:
             raise _fail(f"header: unknown checksum algorithm {checksum!r}; known: {sorted(CHECKSUMS)}")
         checksums = body.get("checksums")  # type: ignore[assignment]
         if type(checksums) is not list or len(checksums) != len(offsets):

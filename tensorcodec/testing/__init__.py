@@ -63,7 +63,8 @@ def _mismatch(a: bytes, b: bytes, width: int) -> str:
     """Where two byte strings of equal length first differ, in elements of ``width`` bytes."""
     for i in range(0, len(a), width):
         if a[i : i + width] != b[i : i + width]:
-            return f"element {i // width} (flat, C order): {a[i : i + width][::-1].hex()} != {b[i : i + width][::-1].hex()}"
+            x, y = a[i : i + width][::-1].hex(), b[i : i + width][::-1].hex()
+            return f"element {i // width} (flat, C order): 0x{x} != 0x{y}"
     return "no differing element"
 
 
@@ -123,7 +124,7 @@ def assert_tree_equal(expected: Any, actual: Any, *, same_framework: bool = True
     elif isinstance(expected, (list, tuple)):
         if len(expected) != len(actual):
             raise AssertionError(f"{_path}: length {len(expected)} vs {len(actual)}")
-        for i, (x, y) in enumerate(zip(expected, actual)):
+        for i, (x, y) in enumerate(zip(expected, actual, strict=True)):
             assert_tree_equal(x, y, same_framework=same_framework, _path=f"{_path}[{i}]")
     elif isinstance(expected, float):
         if _float_bits(expected) != _float_bits(actual):

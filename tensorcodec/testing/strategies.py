@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 _ORDER: Any = sys.byteorder
+_FINFO: Any = ml_dtypes.finfo
+_IINFO: Any = ml_dtypes.iinfo
 _COMPONENT = {"complex32": "float16", "complex64": "float32", "complex128": "float64"}
 _LAYOUTS = ("contiguous", "permuted", "strided", "reversed", "broadcast")
 _TORCH_LAYOUTS = ("contiguous", "permuted", "strided", "expanded")
@@ -122,7 +124,7 @@ def value_bits(dtype: DType | str | Any) -> int:
         return 1
     if row.is_complex:
         return row.itemsize * 8
-    info: Any = ml_dtypes.finfo(row.numpy) if row.is_floating else ml_dtypes.iinfo(row.numpy)
+    info: Any = _FINFO(row.numpy) if row.is_floating else _IINFO(row.numpy)
     return int(info.bits)
 
 
@@ -147,7 +149,7 @@ def _special_bytes(row: DType) -> list[bytes]:
         parts = _special_bytes(_as_row(_COMPONENT[row.name]))
         out = [re + im for re in parts for im in parts]
     elif row.is_floating:
-        fi: Any = ml_dtypes.finfo(row.numpy)
+        fi: Any = _FINFO(row.numpy)
         bits, nexp, nmant = int(fi.bits), int(fi.nexp), int(fi.nmant)
         sign = 1 << (bits - 1) if bits > nexp + nmant else 0
         exp = ((1 << nexp) - 1) << nmant
@@ -161,7 +163,7 @@ def _special_bytes(row: DType) -> list[bytes]:
         values += [math.inf, -math.inf, math.nan, -0.0]
         out += _converted(row, values)
     else:
-        ii: Any = ml_dtypes.iinfo(row.numpy)
+        ii: Any = _IINFO(row.numpy)
         bits = int(ii.bits)
         values_i = [0, 1, int(ii.max), int(ii.min), int(ii.max) - 1, int(ii.min) + 1, 1 << (bits // 2)]
         out = [_element(row, v) for v in values_i]
@@ -197,45 +199,47 @@ def _element_bytes(row: DType, count: int) -> st.SearchStrategy[bytes]:
     return st.one_of(mixed, constant)
 
 
-def _big_endian(raw: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:
-    """Reverses the bytes of each element (of each component, for complex) in a (..., itemsize) byte array."""
+def _big_endian(flat: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:
+    """Reverses the bytes of each element (of each component, for complex) in a (count, itemsize) byte array."""
     if row.is_complex:
         half = row.itemsize // 2
-        pairs = raw.reshape(*raw.shape[:-1], 2, half)[..., ::-1]
-        return np.ascontiguousarray(pairs).reshape(raw.shape)
-    return np.ascontiguousarray(raw[..., ::-1])
+        return np.ascontiguousarray(flat.reshape(-1, 2, half)[..., ::-1]).reshape(flat.shape)
+    return np.ascontiguousarray(flat[:, ::-1])
 
 
-def _byte_layout(draw: st.DrawFn, raw: np.ndarray[Any, Any], layout: str) -> np.ndarray[Any, Any]:
-    """A view of the same element bytes in another memory layout; the last (byte) axis stays contiguous."""
-    ndim = raw.ndim - 1
+def _filler(shape: list[int], like: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """An array of ``like``'s dtype and ``shape`` filled with 0xA5 bytes, to surround a strided view."""
+    return np.frombuffer(bytearray(b"\xa5" * (math.prod(shape) * like.itemsize)), dtype=like.dtype).reshape(shape)
+
+
+def _layout(draw: st.DrawFn, cells: np.ndarray[Any, Any], layout: str) -> np.ndarray[Any, Any]:
+    """A view holding the same elements as ``cells`` in another memory layout."""
+    ndim = cells.ndim
     if ndim == 0 or layout == "contiguous":
-        return raw
+        return cells
     axis = draw(st.integers(0, ndim - 1))
+    index: list[Any] = [slice(None)] * ndim
     if layout == "permuted":
         perm = draw(st.permutations(range(ndim)))
-        inverse = [perm.index(i) for i in range(ndim)]
-        packed = np.ascontiguousarray(raw.transpose(*perm, ndim))
-        return packed.transpose(*inverse, ndim)
+        return np.ascontiguousarray(cells.transpose(perm)).transpose([perm.index(i) for i in range(ndim)])
     if layout == "strided":
         step = draw(st.integers(2, 3))
         start = draw(st.integers(0, step - 1))
-        shape = list(raw.shape)
-        shape[axis] = raw.shape[axis] * step + start
-        big = np.full(shape, 0xA5, dtype=np.uint8)
-        index: list[Any] = [slice(None)] * raw.ndim
+        shape = list(cells.shape)
+        shape[axis] = cells.shape[axis] * step + start
+        big = _filler(shape, cells)
         index[axis] = slice(start, None, step)
-        big[tuple(index)] = raw
-        return big[tuple(index)]
+        big[tuple(index)] = cells
+        view: np.ndarray[Any, Any] = big[tuple(index)]
+        return view
     if layout == "reversed":
-        index = [slice(None)] * raw.ndim
         index[axis] = slice(None, None, -1)
-        return np.ascontiguousarray(raw[tuple(index)])[tuple(index)]
-    if raw.shape[axis] == 0:
-        return raw
-    index = [slice(None)] * raw.ndim
+        reversed_view: np.ndarray[Any, Any] = np.ascontiguousarray(cells[tuple(index)])[tuple(index)]
+        return reversed_view
+    if cells.shape[axis] == 0:
+        return cells
     index[axis] = slice(0, 1)
-    return np.broadcast_to(raw[tuple(index)], raw.shape)
+    return np.broadcast_to(cells[tuple(index)], cells.shape)
 
 
 def arrays(
@@ -262,16 +266,17 @@ def arrays(
         row = fixed if fixed is not None else draw(dtypes())
         shp = shape if shape is not None else draw(shapes(max_dims=max_dims, max_side=max_side, max_size=max_size))
         count = math.prod(shp)
-        raw = np.frombuffer(bytearray(draw(_element_bytes(row, count))), dtype=np.uint8)
-        raw = raw.reshape(*shp, row.itemsize)
+        flat = np.frombuffer(bytearray(draw(_element_bytes(row, count))), dtype=np.uint8).reshape(count, row.itemsize)
         np_type = row.numpy
         native = row.numpy.type.__module__ == "numpy" and row.itemsize > 1
         if byteorders and native and draw(st.booleans()):
-            raw = _big_endian(raw, row)
+            flat = _big_endian(flat, row)
             np_type = row.numpy.newbyteorder(">" if _ORDER == "little" else "<")
+        # Opaque same-width cells move bytes around without ever interpreting them as values.
+        cells = flat.view(f"V{row.itemsize}").reshape(shp)
         if layouts:
-            raw = _byte_layout(draw, raw, draw(st.sampled_from(_LAYOUTS)))
-        return raw.view(np_type)[..., 0]
+            cells = _layout(draw, cells, draw(st.sampled_from(_LAYOUTS)))
+        return cells.view(np_type)
 
     return draw_array()
 
@@ -279,14 +284,6 @@ def arrays(
 def numpy_scalars(dtype: DType | str | Any = None) -> st.SearchStrategy[Any]:
     """numpy scalars (``np.float32(...)``, ``ml_dtypes.bfloat16(...)``, ...) with special values."""
     return arrays(dtype, shape=(), layouts=False, byteorders=False).map(lambda a: a[()])
-
-
-def _torch_from_bytes(raw: np.ndarray[Any, Any], row: DType) -> Any:
-    """A tensor of ``row`` over a (..., itemsize) uint8 array's bytes; no value conversion."""
-    import torch
-
-    t = torch.from_numpy(raw)
-    return t.view(torch_dtype(row))[..., 0]
 
 
 def torch_tensors(
@@ -312,33 +309,36 @@ def torch_tensors(
     if fixed is not None and torch_dtype(fixed) is None:
         raise ValueError(f"torch {torch.__version__} has no {fixed.name}")
     grad_types = {"float16", "bfloat16", "float32", "float64", "complex64", "complex128"}
+    # Same-width integer types carry the bits through layout changes without reading them as floats.
+    carriers = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
     @st.composite
     def draw_tensor(draw: st.DrawFn) -> Any:
         row = fixed if fixed is not None else draw(dtypes(torch=True))
         shp = shape if shape is not None else draw(shapes(max_dims=max_dims, max_side=max_side, max_size=max_size))
         count = math.prod(shp)
-        raw = np.frombuffer(bytearray(draw(_element_bytes(row, count))), dtype=np.uint8).reshape(*shp, row.itemsize)
-        b = torch.empty(raw.shape, dtype=torch.uint8).copy_(torch.from_numpy(raw))
+        data = bytearray(draw(_element_bytes(row, count)))
+        carrier = carriers.get(row.itemsize, torch_dtype(row))
+        b = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        b = b.view(carrier).reshape(shp).clone()
         layout = draw(st.sampled_from(_TORCH_LAYOUTS)) if layouts and shp else "contiguous"
         if layout == "permuted":
             perm = draw(st.permutations(range(len(shp))))
-            inverse = [perm.index(i) for i in range(len(shp))]
-            b = b.permute(*perm, len(shp)).contiguous().permute(*inverse, len(shp))
+            b = b.permute(*perm).contiguous().permute(*[perm.index(i) for i in range(len(shp))])
         elif layout == "strided":
             axis = draw(st.integers(0, len(shp) - 1))
-            big_shape = list(b.shape)
+            big_shape = list(shp)
             big_shape[axis] *= 2
-            big = torch.full(big_shape, 0xA5, dtype=torch.uint8)
-            index: list[Any] = [slice(None)] * b.dim()
+            big = torch.zeros(big_shape, dtype=carrier)
+            index: list[Any] = [slice(None)] * len(shp)
             index[axis] = slice(None, None, 2)
             big[tuple(index)] = b
             b = big[tuple(index)]
         elif layout == "expanded":
             axis = draw(st.integers(0, len(shp) - 1))
-            if b.shape[axis] > 0:
-                b = b.narrow(axis, 0, 1).expand(*b.shape)
-        t = b.view(torch_dtype(row))[..., 0]
+            if shp[axis] > 0:
+                b = b.narrow(axis, 0, 1).expand(*shp)
+        t = b.view(torch_dtype(row))
         if flags and row.is_complex and row.name != "complex32" and draw(st.booleans()):
             t = t.conj()
         if flags and row.name in ("float32", "float64") and draw(st.integers(0, 3)) == 0:
@@ -380,10 +380,9 @@ def trees(
     if torch is None:
         torch = importlib.util.find_spec("torch") is not None
     if tensors is None:
-        small = {"max_dims": 4, "max_side": 5, "max_size": 24}
-        options = [arrays(**small), numpy_scalars()]
+        options = [arrays(max_dims=4, max_side=5, max_size=24), numpy_scalars()]
         if torch:
-            options.append(torch_tensors(**small))
+            options.append(torch_tensors(max_dims=4, max_side=5, max_size=24))
         tensors = st.one_of(*options)
     leaves = st.one_of(python_scalars(), tensors)
     keys = st.text(max_size=8)

@@ -1,0 +1,650 @@
+"""Streams: a message cut into bounded frames, produced and consumed one tensor at a time.
+
+A single message needs the whole model in one buffer on both ends, which gRPC
+(4 MiB default, 2 GiB hard cap), bounded queues and small machines refuse. A
+stream (``docs/format.md`` section 9) sends the same content as a sequence of
+frames of at most ``max_frame_bytes``: each tensor as a record (its table
+entry) followed by its segment bytes, then the tree. The encoder quantizes a
+tensor only when its turn comes and copies each byte once, into the frame; the
+decoder validates each record before it allocates anything for it and writes
+the bytes straight into the tensor they belong to, so both ends hold about one
+frame beyond the tensors themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO, NamedTuple
+
+import msgpack
+import numpy as np
+
+from . import wire
+from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer
+from .codecs import decode_segments
+from .core import _KINDS, Framework, _encode_leaf
+from .dtypes import DType
+from .errors import ChecksumError, DecodeError
+from .policy import Policy, Precision
+from .tree import flatten, unflatten
+from .wire import DEFAULT_LIMITS, EXPANSION_ALLOWANCE, Entry, Limits, Segment
+
+__all__ = [
+    "STREAM_MAGIC",
+    "STREAM_VERSION",
+    "FRAME_HEADER_SIZE",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "encode_stream",
+    "decode_stream",
+    "StreamDecoder",
+    "StreamTensor",
+    "dump",
+    "load",
+]
+
+STREAM_MAGIC = b"TCSF"
+STREAM_VERSION = 1
+FIRST_FRAME, LAST_FRAME = 1, 2
+# magic, version, flags, reserved, stream id, sequence number, body length, body crc32, reserved
+_FRAME = struct.Struct("<4sBBHQIIII")
+FRAME_HEADER_SIZE = _FRAME.size
+_LENGTH = struct.Struct("<I")
+DEFAULT_MAX_FRAME_BYTES = (4 << 20) - (64 << 10)
+"""Fits gRPC's default 4 MiB message limit with room for its own framing."""
+MIN_FRAME_BYTES = FRAME_HEADER_SIZE + 1
+MAX_FRAME_BYTES = 1 << 31
+_MAX_SEQUENCE = (1 << 32) - 1
+_TENSOR_KEYS = frozenset({"index", "entry", "name", "checksum", "checksums"})
+_END_KEYS = frozenset({"tree", "count"})
+_READ_CHUNK = 64 << 20
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+class _Framer:
+    """Cuts the stream body into frames; each byte is copied once, by the join that builds its frame."""
+
+    def __init__(self, stream_id: int, body_max: int) -> None:
+        self.stream_id = stream_id
+        self.body_max = body_max
+        self.seq = 0
+        self.parts: list[Any] = []
+        self.size = 0
+
+    def add(self, data: Any) -> Iterator[bytes]:
+        """Appends ``data``, yielding every frame it fills (a full frame leaves only when more follows)."""
+        view = memoryview(data).cast("B")
+        pos, n = 0, view.nbytes
+        while pos < n:
+            if self.size == self.body_max:
+                yield self.flush(last=False)
+            take = min(self.body_max - self.size, n - pos)
+            self.parts.append(view[pos : pos + take] if take < n else view)
+            self.size += take
+            pos += take
+
+    def flush(self, last: bool) -> bytes:
+        if self.seq > _MAX_SEQUENCE:
+            raise ValueError("the stream needs more than 2^32 frames: raise max_frame_bytes")
+        crc = 0
+        for part in self.parts:
+            crc = zlib.crc32(part, crc)
+        flags = (FIRST_FRAME if self.seq == 0 else 0) | (LAST_FRAME if last else 0)
+        head = _FRAME.pack(STREAM_MAGIC, STREAM_VERSION, flags, 0, self.stream_id, self.seq, self.size, crc, 0)
+        frame = b"".join([head, *self.parts])
+        self.parts = []
+        self.size = 0
+        self.seq += 1
+        return frame
+
+
+def _record(fields: dict[str, Any]) -> bytes:
+    packed: bytes = msgpack.packb(fields, use_bin_type=True)
+    return _LENGTH.pack(len(packed)) + packed
+
+
+def encode_stream(
+    obj: Any,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    precision: Precision = None,
+    policy: Any = None,
+    checksum: str | None = None,
+    names: bool = True,
+    max_depth: int = DEFAULT_LIMITS.max_depth,
+    stream_id: int | None = None,
+) -> Iterator[bytes]:
+    """The message as a stream of frames, each at most ``max_frame_bytes`` long.
+
+    Takes the arguments of ``encode``. The tree is walked now (so unsupported
+    objects raise TypeError here), but each tensor is quantized and copied only
+    when the iterator reaches it: memory stays at about one frame plus one
+    quantized tensor. The frames alias nothing; the caller's tensors must stay
+    unchanged until the iterator is exhausted. ``names`` puts each tensor's
+    dotted path in its record, for receivers that use tensors as they arrive.
+    ``stream_id`` (a random u64 by default) tags every frame of the stream.
+    """
+    if not MIN_FRAME_BYTES <= max_frame_bytes <= MAX_FRAME_BYTES:
+        raise ValueError(f"max_frame_bytes must be in [{MIN_FRAME_BYTES}, {MAX_FRAME_BYTES}], not {max_frame_bytes}")
+    if checksum is not None and checksum not in wire.CHECKSUMS:
+        raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(wire.CHECKSUMS)} or None")
+    if stream_id is None:
+        stream_id = int.from_bytes(os.urandom(8), "little")
+    elif not 0 <= stream_id < 1 << 64:
+        raise ValueError(f"stream_id must be an unsigned 64-bit integer, not {stream_id}")
+    rules = Policy.of(precision, policy)
+    tree, leaves, paths = flatten(obj, max_depth, names=names or rules is not None)
+    framer = _Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
+    return _frames(framer, tree, leaves, paths, names, rules, checksum)
+
+
+def _frames(
+    framer: _Framer,
+    tree: bytes,
+    leaves: list[Leaf],
+    paths: list[str] | None,
+    names: bool,
+    rules: Policy | None,
+    checksum: str | None,
+) -> Iterator[bytes]:
+    """The body of ``encode_stream``: one record and its segments per tensor, then the end record."""
+    count = len(leaves)
+    leaves.reverse()  # popped in order, so that a leaf that flatten had to copy is freed once sent
+    for i in range(count):
+        leaf = leaves.pop()
+        path = paths[i] if paths is not None else ""
+        entry: list[Any]
+        segments: list[Any]
+        if leaf.encoded is not None:  # a Quantized placed in the tree travels as it is
+            entry, segments = leaf.encoded.wire_entry()
+        else:
+            chain = None
+            if rules is not None:
+                chain = rules.choose(path, leaf.dtype, leaf.data.nbytes // leaf.dtype.itemsize)
+            if chain is None:
+                entry, segments = [leaf.dtype.name, leaf.shape], [leaf.data]
+            else:
+                entry, segments = _encode_leaf(chain, leaf, path)
+        fields: dict[str, Any] = {"index": i, "entry": entry}
+        if names:
+            fields["name"] = path
+        if checksum is not None:
+            fields["checksum"] = checksum
+            fields["checksums"] = [wire.CHECKSUMS[checksum](seg) for seg in segments]
+        yield from framer.add(_record(fields))
+        for seg in segments:
+            yield from framer.add(seg)
+        del leaf, entry, segments
+    yield from framer.add(_record({"tree": tree, "count": count}))
+    yield framer.flush(last=True)
+
+
+def dump(obj: Any, fp: BinaryIO, **encode_kw: Any) -> int:
+    """Writes ``obj`` to a binary file object as a stream of frames; returns the bytes written.
+
+    Takes the keyword arguments of ``encode_stream``; memory stays at about one
+    frame, whatever the size of the model.
+    """
+    written = 0
+    for frame in encode_stream(obj, **encode_kw):
+        fp.write(frame)
+        written += len(frame)
+    return written
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+class StreamTensor(NamedTuple):
+    """A tensor that a stream completed, before the tree that places it has arrived."""
+
+    index: int  # type: ignore[assignment]  # shadows tuple.index: the name the format uses
+    """Its position in the tensor table (the tree's reference)."""
+    name: str | None
+    """The dotted path the sender gave it, if the stream carries names."""
+    tensor: Any
+    """numpy array (a torch tensor with ``framework="torch"``)."""
+
+
+_LEN, _RECORD, _SEGMENT, _END = range(4)
+
+
+def _unique_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    d = dict(items)
+    if len(d) != len(items):
+        raise DecodeError("duplicate key in a map")
+    return d
+
+
+class StreamDecoder:
+    """Decodes a stream fed one frame at a time, validating as it goes.
+
+    ``feed`` returns the tensors each frame completed; ``result`` returns the
+    tree once the last frame has arrived. Arguments are those of ``decode``:
+    with ``copy=False`` a tensor that lies inside one frame (and is aligned) is
+    a view of that frame, which must then stay unchanged; every other tensor
+    owns its memory. Tensors handed out by ``feed`` are numpy arrays unless
+    ``framework="torch"``: the tree, which says how the sender held each one,
+    comes last. A frame that is out of place, damaged or malformed raises
+    DecodeError, and so does every later call.
+    """
+
+    def __init__(
+        self,
+        *,
+        copy: bool = True,
+        framework: Framework | None = None,
+        device: Any = None,
+        verify: bool = True,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        if framework not in _KINDS:
+            raise ValueError(f"framework must be 'numpy', 'torch' or None, not {framework!r}")
+        self._kinds = _KINDS[framework]
+        self._torch_now = framework == "torch"
+        self._copy = copy
+        self._verify = verify
+        self._limits = limits
+        self._make = Materializer(False, device)
+        self._stream_id: int | None = None
+        self._seq = 0
+        self._last_seen = False
+        self._failed: str | None = None
+        self._base = 0
+        """Stream-body bytes before the current frame."""
+        self._state = _LEN
+        self._want = _LENGTH.size
+        self._pending = bytearray()
+        self._decoded = 0
+        self._segment_count = 0
+        self._store: dict[int, Any] = {}
+        self._rows: list[DType] = []
+        self._tree: Any = None
+        # The tensor being received.
+        self._index = 0
+        self._name: str | None = None
+        self._entry: Entry | None = None
+        self._segments: tuple[Segment, ...] = ()
+        self._sums: list[int] | None = None
+        self._algorithm = ""
+        self._seg = 0
+        self._fill = 0
+        self._buf: Any = None
+        self._bufs: list[Any] = []
+
+    @property
+    def done(self) -> bool:
+        """True once the last frame has arrived and the tree is decoded."""
+        return self._failed is None and self._last_seen and self._state == _END
+
+    @property
+    def frames(self) -> int:
+        """Frames accepted so far."""
+        return self._seq
+
+    def feed(self, frame: Any) -> list[StreamTensor]:
+        """Takes the next frame (bytes-like); returns the tensors it completed, in order."""
+        if self._failed is not None:
+            raise DecodeError(f"the stream failed earlier: {self._failed}")
+        try:
+            return self._feed(frame)
+        except DecodeError as e:
+            self._failed = str(e)
+            self._release()
+            raise
+
+    def result(self) -> Any:
+        """The decoded tree; raises DecodeError unless the whole stream has arrived."""
+        if self._failed is not None:
+            raise DecodeError(f"the stream failed: {self._failed}")
+        if not self.done:
+            raise DecodeError(
+                f"stream incomplete: {self._seq} frames and {len(self._rows)} tensors received, "
+                + ("the last frame never came" if not self._last_seen else "no end record")
+            )
+        return self._tree
+
+    # -- frames
+
+    def _feed(self, frame: Any) -> list[StreamTensor]:
+        view = memoryview(frame).cast("B")
+        n = view.nbytes
+        if n < FRAME_HEADER_SIZE:
+            raise DecodeError(f"frame {self._seq}: {n} bytes, shorter than the {FRAME_HEADER_SIZE}-byte frame header")
+        magic, version, flags, reserved, stream_id, seq, length, crc, reserved2 = _FRAME.unpack_from(view)
+        what = f"frame {self._seq}"
+        if magic != STREAM_MAGIC:
+            raise DecodeError(
+                f"{what}: not a tensorcodec stream frame: magic {bytes(magic)!r}, expected {STREAM_MAGIC!r}"
+            )
+        if version != STREAM_VERSION:
+            raise DecodeError(f"{what}: stream version {version} is not supported (this tensorcodec reads 1)")
+        if flags & ~(FIRST_FRAME | LAST_FRAME) or reserved or reserved2:
+            raise DecodeError(f"{what}: unknown flags {flags:#x} or non-zero reserved fields")
+        if self._last_seen:
+            raise DecodeError(f"{what}: a frame after the last one (sequence {seq}, stream {stream_id:#x})")
+        if self._stream_id is None:
+            if not flags & FIRST_FRAME or seq != 0:
+                raise DecodeError(f"{what}: the stream does not start with its first frame (got sequence {seq})")
+        elif stream_id != self._stream_id:
+            raise DecodeError(
+                f"{what}: from stream {stream_id:#x}, expected {self._stream_id:#x} (interleaved streams)"
+            )
+        elif flags & FIRST_FRAME:
+            raise DecodeError(f"{what}: flagged first in the middle of the stream")
+        if seq != self._seq:
+            raise DecodeError(
+                f"{what}: sequence number {seq}, expected {self._seq} (frames lost, duplicated or reordered)"
+            )
+        if length != n - FRAME_HEADER_SIZE:
+            raise DecodeError(f"{what}: header says {length} body bytes, the frame has {n - FRAME_HEADER_SIZE}")
+        body = view[FRAME_HEADER_SIZE:]
+        computed = zlib.crc32(body)
+        if computed != crc:
+            raise ChecksumError(f"{what} body", crc, computed)
+        self._stream_id = stream_id
+        self._seq += 1
+        out: list[StreamTensor] = []
+        self._consume(body, out)
+        self._base += length
+        if flags & LAST_FRAME:
+            self._last_seen = True
+            if self._state != _END:
+                raise DecodeError(f"{what}: the last frame ends before the stream's end record")
+        elif self._state == _END:
+            raise DecodeError(f"{what}: the end record is in a frame not flagged last")
+        return out
+
+    def _consume(self, body: memoryview, out: list[StreamTensor]) -> None:
+        p, n = 0, body.nbytes
+        while p < n:
+            state = self._state
+            if state == _SEGMENT:
+                p = self._segment_bytes(body, p, out)
+                continue
+            if state == _END:
+                raise DecodeError(f"{n - p} bytes after the end record (stream byte {self._base + p})")
+            have = len(self._pending)
+            take = min(self._want - have, n - p)
+            if not have and take == self._want:
+                chunk: Any = body[p : p + take]
+            else:
+                self._pending += body[p : p + take]
+                chunk = self._pending if len(self._pending) == self._want else None
+            p += take
+            if chunk is None:
+                continue
+            if state == _LEN:
+                (size,) = _LENGTH.unpack(chunk)
+                if size == 0 or size > self._limits.max_header_bytes:
+                    raise DecodeError(
+                        f"record at stream byte {self._base + p - 4}: length {size} is outside "
+                        f"[1, max_header_bytes={self._limits.max_header_bytes}]"
+                    )
+                self._state, self._want = _RECORD, size
+            else:
+                self._record(chunk, self._base + p, out)
+            self._pending = bytearray()
+
+    # -- records
+
+    def _record(self, data: Any, end: int, out: list[StreamTensor]) -> None:
+        what = f"record {len(self._rows)}"
+        try:
+            fields = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_unique_map)
+        except DecodeError as e:
+            raise DecodeError(f"{what}: {e}") from None
+        except Exception as e:  # msgpack reports malformed input through many types
+            raise DecodeError(f"{what}: malformed msgpack ({type(e).__name__}: {e})") from None
+        if type(fields) is not dict:
+            raise DecodeError(f"{what}: must be a msgpack map")
+        if "tree" in fields:
+            self._end_record(fields)
+        elif "entry" in fields:
+            self._tensor_record(fields, end, out)
+        else:
+            raise DecodeError(f"{what}: neither a tensor record nor the end record (keys {sorted(map(str, fields))})")
+
+    def _tensor_record(self, fields: dict[Any, Any], end: int, out: list[StreamTensor]) -> None:
+        index = len(self._rows)
+        what = f"tensor {index}"
+        unknown = set(fields) - _TENSOR_KEYS
+        if unknown:
+            raise DecodeError(f"{what}: unknown record keys {sorted(map(str, unknown))}")
+        if fields.get("index") != index or type(fields.get("index")) is not int:
+            raise DecodeError(f"{what}: record says index {fields.get('index')!r}, expected {index}")
+        if index >= self._limits.max_tensors:
+            raise DecodeError(f"{what}: more than max_tensors={self._limits.max_tensors} tensors")
+        name = fields.get("name")
+        if name is not None and type(name) is not str:
+            raise DecodeError(f"{what}: name must be a str")
+        entry = wire.parse_entry(fields["entry"], index, self._limits, self._segment_count)
+        segments = entry.all_segments()
+        sums: list[int] | None = None
+        if "checksum" in fields or "checksums" in fields:
+            algorithm = fields.get("checksum")
+            if algorithm not in wire.CHECKSUMS:
+                raise DecodeError(f"{what}: unknown checksum algorithm {algorithm!r}; known: {sorted(wire.CHECKSUMS)}")
+            sums = fields.get("checksums")
+            if type(sums) is not list or len(sums) != len(segments):
+                raise DecodeError(f"{what}: 'checksums' must list one value per segment ({len(segments)})")
+            if any(type(c) is not int or not 0 <= c < 1 << 64 for c in sums):
+                raise DecodeError(f"{what}: checksums must be unsigned 64-bit integers")
+            self._algorithm = algorithm
+        declared = sum(seg.nbytes for seg in segments)
+        cap = self._limits.max_decoded_bytes
+        if cap is None:
+            cap = EXPANSION_ALLOWANCE * (end + declared) + (16 << 20)
+        if self._decoded + entry.nbytes > cap:
+            source = "max_decoded_bytes" if self._limits.max_decoded_bytes is not None else "64 x stream size + 16 MiB"
+            raise DecodeError(
+                f"{what}: decoded tensors would take {self._decoded + entry.nbytes} bytes, over the cap of {cap} "
+                f"({source}); pass limits=Limits(max_decoded_bytes=...) to allow more"
+            )
+        self._decoded += entry.nbytes
+        self._segment_count += len(segments)
+        self._rows.append(entry.dtype)
+        self._index, self._name, self._entry, self._segments, self._sums = index, name, entry, segments, sums
+        self._seg = 0
+        self._bufs = []
+        self._next_segment(out)
+
+    def _end_record(self, fields: dict[Any, Any]) -> None:
+        if set(fields) != _END_KEYS:
+            raise DecodeError(f"end record: keys must be 'tree' and 'count', not {sorted(map(str, fields))}")
+        tree, count = fields["tree"], fields["count"]
+        if type(tree) is not bytes:
+            raise DecodeError("end record: 'tree' must be binary msgpack")
+        if type(count) is not int or count != len(self._rows):
+            raise DecodeError(f"end record: count {count!r}, but the stream carried {len(self._rows)} tensors")
+        self._state = _END
+        cache: dict[tuple[int, int], Any] = {}
+
+        def tensor(index: int, sent_kind: int) -> Any:
+            kind = self._kinds[sent_kind]
+            value = cache.get((index, kind))
+            if value is None:
+                value = self._as_kind(index, kind)
+                cache[(index, kind)] = value
+            return value
+
+        self._tree = unflatten(tree, tensor, count, self._limits.max_depth)
+        self._store = {}
+
+    # -- segments
+
+    def _next_segment(self, out: list[StreamTensor]) -> None:
+        """Completes empty segments at once; moves on to the next tensor after the last one."""
+        segments = self._segments
+        while self._seg < len(segments) and segments[self._seg].nbytes == 0:
+            self._segment_done(memoryview(b""))
+        if self._seg < len(segments):
+            self._state, self._fill, self._buf = _SEGMENT, 0, None
+        else:
+            self._finish_tensor(out)
+            self._state, self._want = _LEN, _LENGTH.size
+
+    def _segment_bytes(self, body: memoryview, p: int, out: list[StreamTensor]) -> int:
+        seg = self._segments[self._seg]
+        take = min(seg.nbytes - self._fill, body.nbytes - p)
+        if self._buf is None:
+            if not self._copy and take == seg.nbytes and self._aligned(body, p, seg):
+                self._segment_done(body[p : p + take])
+                self._next_segment(out)
+                return p + take
+            try:
+                self._buf = np.empty(seg.nbytes, dtype=np.uint8)
+            except MemoryError:
+                raise DecodeError(f"tensor {self._index}: cannot allocate {seg.nbytes} bytes") from None
+        memoryview(self._buf)[self._fill : self._fill + take] = body[p : p + take]
+        self._fill += take
+        if self._fill == seg.nbytes:
+            self._segment_done(self._buf)
+            self._next_segment(out)
+        return p + take
+
+    @staticmethod
+    def _aligned(body: memoryview, p: int, seg: Segment) -> bool:
+        """Whether a view of the frame at ``p`` is aligned for the segment's dtype (torch needs it)."""
+        address: int = np.frombuffer(body, dtype=np.uint8, count=1, offset=p).ctypes.data
+        return address % seg.dtype.numpy.alignment == 0
+
+    def _segment_done(self, buf: Any) -> None:
+        if self._sums is not None and self._verify:
+            seg = self._segments[self._seg]
+            got = wire.CHECKSUMS[self._algorithm](memoryview(buf).cast("B").toreadonly())
+            if got != self._sums[self._seg]:
+                raise ChecksumError(f"tensor {self._index} segment {seg.name!r}", self._sums[self._seg], got)
+        self._bufs.append(buf)
+        self._seg += 1
+
+    def _finish_tensor(self, out: list[StreamTensor]) -> None:
+        entry = self._entry
+        assert entry is not None
+        try:
+            if not entry.stages:
+                value: Any = self._make.numpy(entry.dtype, entry.shape, entry.nbytes, self._bufs[0], 0)
+            else:
+                parts = {
+                    seg.name: Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, 0)
+                    for seg, buf in zip(entry.segments, self._bufs, strict=True)
+                }
+                flat = decode_segments(entry.stages, parts, entry.dtype, entry.nbytes // entry.dtype.itemsize)
+                value = flat.reshape(entry.shape)
+            if self._torch_now:
+                value = self._make.from_numpy(value, entry.dtype)
+        except TypeError as e:
+            raise DecodeError(f"tensor {self._index}: {e}") from None
+        except DecodeError as e:  # the codec's own words; say which tensor, keep the class
+            e.args = (f"tensor {self._index}: {e}",)
+            raise
+        self._bufs = []
+        self._buf = None
+        self._entry = None
+        self._store[self._index] = value
+        out.append(StreamTensor(self._index, self._name, value))
+
+    def _as_kind(self, index: int, kind: int) -> Any:
+        """A received tensor the way the tree asks for it (numpy, numpy scalar or torch)."""
+        value = self._store[index]
+        if not isinstance(value, np.ndarray):
+            return value  # already torch
+        if kind == SCALAR:
+            return value[()]
+        if kind == TORCH:
+            try:
+                return self._make.from_numpy(value, self._rows[index])
+            except TypeError as e:
+                raise DecodeError(f"tensor {index}: {e}") from None
+        assert kind == NUMPY
+        return value
+
+    def _release(self) -> None:
+        """Drops what a failed stream had received, so that its memory goes back at once."""
+        self._store = {}
+        self._bufs = []
+        self._buf = None
+        self._pending = bytearray()
+
+
+def decode_stream(
+    frames: Iterable[Any],
+    *,
+    copy: bool = True,
+    framework: Framework | None = None,
+    device: Any = None,
+    verify: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    on_tensor: Callable[[StreamTensor], None] | None = None,
+) -> Any:
+    """Decodes a whole stream from an iterable of frames; the arguments are those of ``decode``.
+
+    ``on_tensor`` is called with every tensor as soon as its last byte has
+    arrived (see ``StreamDecoder``). Raises DecodeError for a malformed,
+    damaged, reordered, interleaved or incomplete stream, or frames past its end.
+    """
+    decoder = StreamDecoder(copy=copy, framework=framework, device=device, verify=verify, limits=limits)
+    for frame in frames:
+        arrived = decoder.feed(frame)
+        if on_tensor is not None:
+            for item in arrived:
+                on_tensor(item)
+    return decoder.result()
+
+
+def load(fp: BinaryIO, **decode_kw: Any) -> Any:
+    """Reads one stream from a binary file object, frame by frame, and decodes it.
+
+    Takes the keyword arguments of ``decode_stream``. Stops after the stream's
+    last frame, so several streams can follow each other in one file. Reads
+    only what the file holds: a frame header announcing more bytes than follow
+    raises DecodeError, without allocating what it announced.
+    """
+    on_tensor = decode_kw.pop("on_tensor", None)
+    decoder = StreamDecoder(**decode_kw)
+    while not decoder.done:
+        head = fp.read(FRAME_HEADER_SIZE)
+        while head and len(head) < FRAME_HEADER_SIZE:  # raw files and pipes may return short reads
+            more = fp.read(FRAME_HEADER_SIZE - len(head))
+            if not more:
+                break
+            head += more
+        if len(head) < FRAME_HEADER_SIZE:
+            raise DecodeError(
+                f"frame {decoder.frames}: the file ends "
+                + ("before the stream's last frame" if not head else f"inside a frame header ({len(head)} bytes)")
+            )
+        if head[:4] != STREAM_MAGIC:
+            raise DecodeError(f"frame {decoder.frames}: not a tensorcodec stream frame: magic {head[:4]!r}")
+        length = _FRAME.unpack(head)[6]
+        frame = _read_frame(fp, head, length, decoder.frames)
+        for item in decoder.feed(frame):
+            if on_tensor is not None:
+                on_tensor(item)
+    return decoder.result()
+
+
+def _read_frame(fp: BinaryIO, head: bytes, length: int, number: int) -> bytearray:
+    """The frame with its body, read in chunks so that a lying header costs no memory."""
+    frame = bytearray(FRAME_HEADER_SIZE + min(length, _READ_CHUNK))
+    frame[:FRAME_HEADER_SIZE] = head
+    pos = FRAME_HEADER_SIZE
+    end = FRAME_HEADER_SIZE + length
+    readinto = getattr(fp, "readinto", None)
+    while pos < end:
+        if pos == len(frame):
+            frame.extend(bytes(min(end - pos, _READ_CHUNK)))
+        if readinto is not None:
+            got = readinto(memoryview(frame)[pos:]) or 0
+        else:
+            chunk = fp.read(len(frame) - pos)
+            got = len(chunk)
+            frame[pos : pos + got] = chunk
+        if not got:
+            raise DecodeError(f"frame {number}: the file ends after {pos - FRAME_HEADER_SIZE} of its {length} bytes")
+        pos += got
+    return frame

@@ -1,0 +1,27 @@
+"""Hypothesis profiles, chosen with HYPOTHESIS_PROFILE (default, ci, thorough)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    "print_blob": True,
+}
+
+# The default keeps the whole suite to a minute or two on a 2-core machine;
+# "thorough" is for hunting bugs before a release.
+settings.register_profile("default", max_examples=100, **_COMMON)
+settings.register_profile("ci", settings.get_profile("default"))
+settings.register_profile("thorough", max_examples=2000, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # torch warns on every read-only buffer it wraps (copy=False does so on purpose) and on any complex32 use.
+    config.addinivalue_line("filterwarnings", "ignore:The given (NumPy array|buffer) is not writable:UserWarning")
+    config.addinivalue_line("filterwarnings", "ignore:ComplexHalf support is experimental:UserWarning")

@@ -1,0 +1,250 @@
+"""The tree layer: how containers and scalars become msgpack, and how hostile trees are refused."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import torch
+from _helpers import pack
+
+from tensorcodec import DecodeError, encode
+from tensorcodec.tree import EXT_BIGINT, EXT_BYTEARRAY, EXT_TUPLE, flatten, format_path, unflatten
+
+
+def tree_of(obj: Any) -> Any:
+    """The msgpack tree that encode writes, with ext values left as ExtType."""
+    return msgpack.unpackb(flatten(obj, 64)[0], raw=False)
+
+
+def refs(kind: int, index: int) -> tuple[int, int]:
+    return kind, index
+
+
+def unflat(data: bytes, n_tensors: int = 0, max_depth: int = 64) -> Any:
+    return unflatten(data, lambda index, kind: ("tensor", index, kind), n_tensors, max_depth)
+
+
+# -- the msgpack representation ---------------------------------------------------------------------------------
+
+
+def test_plain_msgpack_types_travel_as_themselves() -> None:
+    obj = {"s": "é", "b": b"\x00", "i": -5, "u": 2**64 - 1, "f": 0.1, "t": True, "n": None, "l": [1, [2]]}
+    assert flatten(obj, 64)[0] == pack(obj)
+
+
+def test_tuple_bytearray_and_big_int_are_ext_types() -> None:
+    assert tree_of((1, 2)) == msgpack.ExtType(EXT_TUPLE, pack([1, 2]))
+    assert tree_of(()) == msgpack.ExtType(EXT_TUPLE, pack([]))
+    assert tree_of(bytearray(b"ab")) == msgpack.ExtType(EXT_BYTEARRAY, b"ab")
+    assert tree_of(2**64) == msgpack.ExtType(EXT_BIGINT, (2**64).to_bytes(9, "little", signed=True))
+    assert tree_of(-(2**63) - 1) == msgpack.ExtType(EXT_BIGINT, (-(2**63) - 1).to_bytes(9, "little", signed=True))
+    assert tree_of(((1,),)) == msgpack.ExtType(EXT_TUPLE, pack([msgpack.ExtType(EXT_TUPLE, pack([1]))]))
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, -(2**63), 0, -1, 2**63])
+def test_ints_inside_64_bits_are_plain(value: int) -> None:
+    assert tree_of(value) == value
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, 2**64 * 255, -(2**200), 2**1000])
+def test_ints_outside_64_bits_are_minimal_twos_complement(value: int) -> None:
+    ext = tree_of(value)
+    assert ext.code == EXT_BIGINT
+    assert int.from_bytes(ext.data, "little", signed=True) == value
+    assert len(ext.data) == (value.bit_length() + 8) // 8
+
+
+def test_tensor_references_and_table_order() -> None:
+    a, b = np.arange(3), torch.arange(2)
+    data, leaves, _ = flatten({"a": a, "b": b, "s": np.float32(1), "again": a}, 64)
+    assert msgpack.unpackb(data, raw=False) == {
+        "a": msgpack.ExtType(1, b"\x00"),
+        "b": msgpack.ExtType(2, b"\x01"),
+        "s": msgpack.ExtType(3, b"\x02"),
+        "again": msgpack.ExtType(1, b"\x00"),
+    }
+    assert [leaf.dtype.name for leaf in leaves] == ["int64", "int64", "float32"]
+
+
+def test_references_grow_to_two_and_four_bytes() -> None:
+    from tensorcodec.tree import _ref
+
+    assert _ref(1, 255).data == b"\xff"
+    assert _ref(1, 256).data == b"\x00\x01"
+    assert _ref(2, 65535).data == b"\xff\xff"
+    assert _ref(3, 65536).data == (65536).to_bytes(4, "little")
+
+
+def test_many_tensors_round_trip_through_wide_references() -> None:
+    from tensorcodec import decode
+
+    tree = [np.array([i], dtype=np.int32) for i in range(300)]
+    back = decode(encode(tree))
+    assert [int(x[0]) for x in back] == list(range(300))
+
+
+def test_format_path() -> None:
+    assert format_path([]) == "root"
+    assert format_path(["a", 2, "b'c"]) == "root['a'][2][\"b'c\"]"
+
+
+def test_leaf_names_follow_the_path() -> None:
+    _, _, names = flatten({"layer": [{"w": np.zeros(1)}, np.zeros(1)], "b": torch.zeros(1)}, 64, names=True)
+    assert names == ["layer.0.w", "layer.1", "b"]
+
+
+# -- unflatten: the decoding side -------------------------------------------------------------------------------
+
+
+def test_unflatten_builds_tuples_inside_out() -> None:
+    data = flatten(((1, [2, (3,)]), {"t": ((),)}), 64)[0]
+    assert unflat(data) == ((1, [2, (3,)]), {"t": ((),)})
+    assert type(unflat(data)[0][1][1]) is tuple
+
+
+def test_unflatten_resolves_references_with_their_kind() -> None:
+    data = pack([msgpack.ExtType(1, b"\x00"), msgpack.ExtType(2, b"\x01\x00"), msgpack.ExtType(3, b"\x02\x00\x00\x00")])
+    assert unflat(data, 3) == [("tensor", 0, 1), ("tensor", 1, 2), ("tensor", 2, 3)]
+
+
+@pytest.mark.parametrize(
+    ("tree", "message"),
+    [
+        (msgpack.ExtType(7, b""), "unknown ext type code 7"),
+        (msgpack.ExtType(0, b"\x00"), "unknown ext type code 0"),
+        (msgpack.ExtType(127, b"x"), "unknown ext type code 127"),
+        (msgpack.ExtType(1, b""), "tensor reference of 0 bytes"),
+        (msgpack.ExtType(1, b"\x00\x00\x00"), "tensor reference of 3 bytes"),
+        (msgpack.ExtType(2, b"\x00" * 8), "tensor reference of 8 bytes"),
+        (msgpack.ExtType(1, b"\x05"), "reference to tensor 5, but the table has 1"),
+        (msgpack.ExtType(3, b"\xff\xff\xff\xff"), "reference to tensor 4294967295"),
+        (msgpack.ExtType(EXT_BIGINT, b""), "empty big-int"),
+        (msgpack.ExtType(EXT_TUPLE, pack({"a": 1})), "tuple payload is not a msgpack array"),
+        (msgpack.ExtType(EXT_TUPLE, pack(1)), "tuple payload is not a msgpack array"),
+        (msgpack.ExtType(EXT_TUPLE, pack([1]) + b"\x01"), "malformed msgpack"),
+        (msgpack.ExtType(EXT_TUPLE, b"\x92\x01"), "malformed msgpack"),
+        (msgpack.ExtType(EXT_TUPLE, pack(msgpack.ExtType(EXT_TUPLE, pack([])))), "not a msgpack array"),
+        ([msgpack.ExtType(EXT_TUPLE, pack([msgpack.ExtType(9, b"")]))], "unknown ext type code 9"),
+    ],
+    ids=repr,
+)
+def test_unflatten_rejects_bad_ext_values(tree: Any, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        unflat(pack([tree, msgpack.ExtType(1, b"\x00")]), 1)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x82\xa1a\x01\xa1a\x02", "duplicate dict key 'a'"),
+        (b"\x91\x82\xa1k\x01\xa1k\x01", "duplicate dict key 'k'"),
+        (b"\x81\x01\x02", "malformed msgpack"),
+        (b"\x81\xc4\x01k\x02", "dict key b'k' is not a str"),
+        (b"\x81\xc0\x01", "malformed msgpack"),
+        (b"\xa2\xff\xfe", "malformed msgpack"),
+        (b"\x92\x01", "malformed msgpack"),
+        (b"\x01\x02", "malformed msgpack"),
+        (b"", "malformed msgpack"),
+        (b"\xc1", "malformed msgpack"),
+        (b"\xd6\xff\x00\x00\x00\x05", "timestamp"),
+        (b"\x91\xd6\xff\x00\x00\x00\x05", "timestamp"),
+        (b"\xc7\x03\xff\x00\x00\x00", "malformed msgpack"),
+        (b"\xd4\xfe\x00", "unknown ext type code -2"),
+    ],
+    ids=lambda x: x.hex() if isinstance(x, bytes) else x,
+)
+def test_unflatten_rejects_malformed_trees(data: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        unflat(data)
+
+
+def test_unflatten_requires_every_entry_referenced() -> None:
+    with pytest.raises(DecodeError, match="tensor 1 is in the table but the tree never references it"):
+        unflat(pack([msgpack.ExtType(1, b"\x00"), msgpack.ExtType(1, b"\x02")]), 3)
+    assert unflat(pack([msgpack.ExtType(1, b"\x00")] * 3), 1) == [("tensor", 0, 1)] * 3
+
+
+def _nested(depth: int, container: str) -> bytes:
+    inner: Any = 0
+    for _ in range(depth):
+        if container == "list":
+            inner = [inner]
+        elif container == "dict":
+            inner = {"k": inner}
+        else:
+            inner = msgpack.ExtType(EXT_TUPLE, pack([inner]))
+    return pack(inner)
+
+
+@pytest.mark.parametrize("container", ["list", "dict", "tuple"])
+def test_depth_limit_is_exact(container: str) -> None:
+    assert unflat(_nested(64, container)) is not None
+    with pytest.raises(DecodeError, match="nesting deeper than max_depth=64"):
+        unflat(_nested(65, container))
+    with pytest.raises(DecodeError, match="max_depth=3"):
+        unflat(_nested(4, container), max_depth=3)
+    assert unflat(_nested(4, container), max_depth=4) is not None
+
+
+_SMALL_STACK_SCRIPT = """
+import sys, threading
+from tensorcodec import DecodeError
+from tensorcodec.tree import unflatten
+depth, data = int(sys.argv[1]), sys.stdin.buffer.read()
+out = []
+def run():
+    try:
+        value = unflatten(data, lambda i, k: None, 0, 64)
+        for _ in range(depth):
+            assert type(value) is tuple
+            value = value[0]
+        out.append("decoded")
+    except DecodeError as e:
+        out.append("DecodeError: " + str(e))
+threading.stack_size(256 * 1024)
+t = threading.Thread(target=run)
+t.start()
+t.join()
+print(out[0])
+"""
+
+
+@pytest.mark.parametrize(("depth", "expected"), [(60, "decoded"), (400, "DecodeError: tree: nesting deeper")])
+def test_nested_tuples_on_a_small_stack(depth: int, expected: str) -> None:
+    """Each tuple is its own msgpack payload; unpacking them recursively once crashed the process.
+
+    On a thread with a 256 KiB stack, recursing into msgpack's C unpacker
+    (tens of KiB a level) overflowed after about 20 levels, so a 2 KB message
+    of nested tuples was a segfault. This runs in a child process that must
+    exit cleanly.
+    """
+    data = _nested(depth, "tuple")
+    assert len(data) < 4000
+    proc = subprocess.run(
+        [sys.executable, "-c", _SMALL_STACK_SCRIPT, str(depth)], input=data, capture_output=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().startswith(expected)
+
+
+def test_tuple_payload_chains_are_refused_without_recursion() -> None:
+    inner: Any = msgpack.ExtType(EXT_TUPLE, pack([]))
+    for _ in range(3000):
+        inner = msgpack.ExtType(EXT_TUPLE, pack(inner))
+    with pytest.raises(DecodeError, match="tuple payload is not a msgpack array"):
+        unflat(pack(inner))
+
+
+def test_floats_of_either_width_are_accepted() -> None:
+    assert unflat(b"\xca\x3f\xc0\x00\x00") == 1.5
+    assert unflat(b"\xcb\x3f\xf8\x00\x00\x00\x00\x00\x00") == 1.5
+
+
+def test_big_int_payloads_decode_as_signed() -> None:
+    assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\xff"))) == -1
+    assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\x00" * 9 + b"\x01"))) == 2**72
