@@ -10,6 +10,7 @@ is measured in the same run, rather than absolute figures across runs.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -131,7 +132,8 @@ def main() -> None:
             import bitsandbytes.functional as F
         except ImportError:
             print("bitsandbytes is not installed: our figures only")
-    print(f"kernel threads: {K.get_num_threads()}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"kernel threads: {K.get_num_threads()}, CPUs: {os.cpu_count()}, load average: {load:.2f}")
     for dtype in (BF16, np.dtype(np.float32)):
         large(dtype, args.mb, args.repeat, F)
     for dtype in (BF16,):

@@ -528,7 +528,20 @@ def render(results: dict[str, dict[str, Any]], reps: dict[str, int], total: floa
                         f"- **{'MET' if ratio <= 2 else 'NOT MET'}** - {LABELS[m]} within 2x of the raw socket "
                         f"({'256 MB' if model == 'llm256' else 'big'} model): {ratio:.2f}x the time."
                     )
-    lines += ["### Targets", "", *targets, "", END]
+    lines += [
+        "Reading the tables: wall-clock figures on this shared 2-core machine swing several-fold between runs "
+        "(the *each run* column; other jobs' load is given above), so the *vs TCP* ratios are indicative only; "
+        "CPU s/GB varies less. A stream does per byte what the raw-socket reference does not: a CRC-32 and one "
+        "copy at each end (into the frame, then into the tensor), on top of what the transport itself copies "
+        "(gRPC copies each message into and out of its own buffers). A receiver's extra memory can come out "
+        "slightly negative when the transport frees buffers left from the warm-up transfer.",
+        "",
+        "### Targets",
+        "",
+        *targets,
+        "",
+        END,
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -106,6 +106,13 @@ class Codec:
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         raise NotImplementedError
 
+    def encode_torch(self, t: Any) -> Encoded | None:
+        """Encode a flat torch tensor where it lives (a GPU), or None to have it copied to the CPU first.
+
+        Must give the same segments, bit for bit, as ``encode`` of the same values.
+        """
+        return None
+
     def decode(
         self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
     ) -> np.ndarray[Any, Any]:
@@ -527,6 +534,18 @@ class MinMax(Codec):
 # ---------------------------------------------------------------------------- bitsandbytes formats
 
 
+def _torch_kernel_source(t: Any) -> bool:
+    """Whether the torch kernels take this tensor as it is (float32/float16/bfloat16)."""
+    import torch
+
+    return bool(t.dtype in (torch.float32, torch.float16, torch.bfloat16))
+
+
+def _host(t: Any) -> np.ndarray[Any, Any]:
+    """A torch result as a CPU numpy array (one device-to-host copy of the small encoded form)."""
+    return np.ascontiguousarray(t.detach().cpu().numpy())
+
+
 def _kernel_source(x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """The kernels take float32/float16/bfloat16: a float64 source goes in as its float32 values."""
     return x.astype(np.float32) if x.dtype == np.float64 else x
@@ -572,6 +591,14 @@ class Blockwise8(Codec):
 
         codes, absmax = kernels.quantize_blockwise8(_kernel_source(x), self.blocksize)
         return Encoded({"codes": ("payload", codes), "absmax": ("meta", absmax)})
+
+    def encode_torch(self, t: Any) -> Encoded | None:
+        from . import kernels
+
+        if not _torch_kernel_source(t):
+            return None
+        codes, absmax = kernels.quantize_blockwise8_torch(t, self.blocksize)
+        return Encoded({"codes": ("payload", _host(codes)), "absmax": ("meta", _host(absmax))})
 
     def decode(
         self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
@@ -646,9 +673,28 @@ class Quant4(Codec):
             segments: Segments = {"codes": ("payload", none8), "absmax_codes": ("meta", none8)}
             return Encoded({**segments, "absmax_scale": ("meta", none32)}, {"offset": 0.0})
         packed, absmax = kernels.quantize_4bit(_kernel_source(x), self.quant_type, self.blocksize)
+        return self._with_statistics(packed, absmax, kernels.quantize_absmax)
+
+    def encode_torch(self, t: Any) -> Encoded | None:
+        from . import kernels
+
+        if t.numel() == 0 or not _torch_kernel_source(t):
+            return None
+        packed, absmax = kernels.quantize_4bit_torch(t, self.quant_type, self.blocksize)
+        if not self.double_quant:
+            return self._with_statistics(_host(packed), _host(absmax), kernels.quantize_absmax)
+
+        def on_device(_: Any) -> tuple[Any, Any, Any]:
+            offset, codes, nested = kernels.quantize_absmax_torch(absmax)
+            return np.float32(offset.item()), _host(codes), _host(nested)
+
+        return self._with_statistics(_host(packed), None, on_device)
+
+    def _with_statistics(self, packed: Any, absmax: Any, quantize_absmax: Callable[[Any], Any]) -> Encoded:
+        """The segments of quantized codes and block statistics, double-quantized if configured."""
         if not self.double_quant:
             return Encoded({"codes": ("payload", packed), "absmax": ("meta", absmax)})
-        offset, codes, nested = kernels.quantize_absmax(absmax)
+        offset, codes, nested = quantize_absmax(absmax)
         if not math.isfinite(float(offset)):
             # The fp32 mean of the statistics overflowed (Inf/NaN inputs, or magnitudes near 3.4e38):
             # every block would decode as NaN, silently.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import sys
 from typing import Any, Literal
 
 import numpy as np
 
 from . import dtypes, wire
-from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy
+from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy, leaf_from_torch
 from .codecs import Codec, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
@@ -27,38 +28,47 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
     if checksum is not None and checksum not in wire.CHECKSUMS:
         raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(wire.CHECKSUMS)} or None")
     rules = Policy.of(precision, policy)
-    tree, leaves, names = flatten(obj, max_depth, names=rules is not None)
+    devices: dict[int, Any] = {}
+    tree, leaves, names = flatten(obj, max_depth, names=rules is not None, devices=devices if rules else None)
     entries: list[list[Any]] = []
     segments: list[Any] = []
     for i, leaf in enumerate(leaves):
-        codec = None
         if leaf.encoded is not None:
             entry, data = leaf.encoded.wire_entry()
-            entries.append(entry)
-            segments.extend(data)
-            continue
-        if rules is not None and names is not None:
-            codec = rules.choose(names[i], leaf.dtype, leaf.data.nbytes // leaf.dtype.itemsize)
-        if codec is None:
-            entries.append([leaf.dtype.name, leaf.shape])
-            segments.append(leaf.data)
         else:
-            entry, data = _encode_leaf(codec, leaf, names[i] if names else "")
-            entries.append(entry)
-            segments.extend(data)
+            name = names[i] if names is not None else ""
+            chain = rules.choose(name, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
+            entry, data = _encode_leaf(chain, leaf, name, devices.get(i))
+        entries.append(entry)
+        segments.extend(data)
     sums = [wire.CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
     return wire.pack_header(entries, tree, checksum, sums), segments
 
 
-def _encode_leaf(codecs: list[Codec], leaf: Leaf, name: str) -> tuple[list[Any], list[Any]]:
-    """Header entry and segment bytes of one tensor encoded by a chain of codecs."""
+def _encode_leaf(chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None) -> tuple[list[Any], list[Any]]:
+    """Header entry and segment bytes of one tensor, raw or encoded by a chain of codecs.
+
+    A tensor left on an accelerator (``device_tensor``) is quantized there when
+    the codec can; otherwise it is copied to the CPU first.
+    """
     try:
-        stages, segments = encode_chain(codecs, leaf.data.view(leaf.dtype.numpy))
+        encoded = None
+        if device_tensor is not None and chain is not None and len(chain) == 1:
+            encoded = chain[0].encode_torch(device_tensor.detach().reshape(-1))
+        if encoded is not None:
+            stages = [[chain[0].codec_id, chain[0].get_config(), encoded.params]]  # type: ignore[index]
+            produced = encoded.segments
+        else:
+            if device_tensor is not None:
+                leaf = leaf_from_torch(device_tensor)  # type: ignore[assignment]
+            if chain is None:
+                return [leaf.dtype.name, leaf.shape], [leaf.data]
+            stages, produced = encode_chain(chain, leaf.data.view(leaf.dtype.numpy))
     except (TypeError, ValueError) as e:
         raise type(e)(f"tensor {name!r}: {e}") from None
     described = []
     data = []
-    for seg_name, (role, arr) in segments.items():
+    for seg_name, (role, arr) in produced.items():
         row = dtypes.from_numpy(arr.dtype)
         if row is None or role not in wire.ROLES:
             raise TypeError(f"tensor {name!r}: a codec produced segment {seg_name!r} of {arr.dtype}/{role!r}")

@@ -319,6 +319,17 @@ def get_num_threads() -> int:
     return _num_threads
 
 
+def _forget_pool() -> None:
+    """In a forked child the pool's threads do not exist: start a new pool on demand."""
+    global _pool, _lock
+    _pool = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def _executor() -> ThreadPoolExecutor:
     global _pool
     with _lock:
@@ -370,6 +381,8 @@ def _parallel_blocks(nblocks: int, blocksize: int, work: Callable[[int, int], No
 
 def _as_source(x: Any) -> AnyArray:
     """A flat C-contiguous float32/float16/bfloat16 array (copying only when needed)."""
+    if type(x) is np.ndarray and x.ndim == 1 and x.flags.c_contiguous and x.dtype in _SOURCE_DTYPES:
+        return x
     a = np.asarray(x)
     if a.dtype not in _SOURCE_DTYPES:
         raise TypeError(f"quantization takes float32, float16 or bfloat16, not {a.dtype}")
@@ -468,11 +481,6 @@ class _Layout:
         self.nblocks = [int(v) for v in nb]
 
 
-@lru_cache(maxsize=256)
-def _layout1(n: int, bs: int, even: bool) -> _Layout:
-    return _Layout([n], bs, even)
-
-
 class _NoErrstate:
     def __enter__(self) -> None:
         return None
@@ -555,12 +563,15 @@ def _q4_seg(buf: AnyArray, lay: _Layout, table: _Table4) -> tuple[U8Array, F32Ar
 
 def _concat(arrays: Sequence[AnyArray], lay: _Layout) -> AnyArray:
     """The arrays end to end as the layout places them (with a 0.0 after each odd one for 4-bit)."""
-    if len(arrays) == 1 and arrays[0].size == lay.total:
-        return arrays[0]
-    buf = np.zeros(lay.total, dtype=arrays[0].dtype)
-    for a, o in zip(arrays, lay.offsets.tolist(), strict=True):
-        buf[o : o + a.size] = a
-    return buf
+    if lay.pads.size == 0:
+        return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    zero = np.zeros(1, dtype=arrays[0].dtype)
+    parts: list[AnyArray] = []
+    for a in arrays:
+        parts.append(a)
+        if a.size & 1:
+            parts.append(zero)
+    return np.concatenate(parts)
 
 
 def _groups(arrays: Sequence[AnyArray]) -> list[list[int]]:
@@ -619,9 +630,7 @@ def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = N
     codes = np.empty(n, dtype=np.uint8)
     absmax = np.empty(_nblocks(n, bs), dtype=np.float32)
     if n <= _SMALL:
-        if n:
-            codes, absmax = _q8_seg(a, _layout1(n, bs, False), lut)
-        return codes, absmax
+        return _q8_one(a, bs, lut) if n else (codes, absmax)
     nfull = n // bs
     _q8_run(a[: nfull * bs], bs, lut, codes, absmax)
     if nfull * bs < n:
@@ -655,6 +664,99 @@ def quantize_blockwise8_batch(
 
     _map_groups(group, _groups(arrays))
     return out
+
+
+def _blockwise(
+    v: AnyArray, bs: int, per_block: Callable[[AnyArray], AnyArray], last: Callable[[AnyArray], Any]
+) -> AnyArray:
+    """Per-block reduction of a flat array whose last block may be partial (few numpy calls)."""
+    n = v.size
+    nfull = n // bs
+    if nfull * bs == n:
+        return per_block(v.reshape(nfull, bs))
+    out = np.empty(nfull + 1, dtype=v.dtype)
+    if nfull:
+        out[:nfull] = per_block(v[: nfull * bs].reshape(nfull, bs))
+    out[nfull] = last(v[nfull * bs :])
+    return out
+
+
+def _scaled(xf: AnyArray, s: AnyArray, bs: int, out: AnyArray) -> None:
+    """``out = xf * s[block]`` for a flat array whose last block may be partial."""
+    n = xf.size
+    full = (n // bs) * bs
+    if full:
+        np.multiply(xf[:full].reshape(-1, bs), s[: full // bs, None], out=out[:full].reshape(-1, bs))
+    if full < n:
+        np.multiply(xf[full:], s[-1], out=out[full:n])
+
+
+def _q8_one(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
+    """One small tensor in few numpy calls (the same arithmetic as the chunked path)."""
+    xf = _to_f32(a, np.empty(a.size, dtype=np.float32))
+    ax = np.abs(xf)
+    am = _blockwise(ax, bs, _fmax_rows, _fmax_all)  # NaN ignored, as the C kernel does
+    c = np.empty_like(xf)
+    if am.min() >= np.float32(2.0**-126) and am.max() < np.inf and ax.max() < np.inf:  # also: no NaN
+        _scaled(xf, np.float32(1.0) / am, bs, c)
+        c += np.float32(1.0)  # (c + 1) * 32767.5 + 0.5, each step rounded in float32 as in the C kernel
+        c *= np.float32(32767.5)
+        c += np.float32(0.5)
+        return lut.lut.take(c.astype(np.uint16), mode="clip"), am
+    with np.errstate(all="ignore"):
+        _scaled(xf, np.float32(1.0) / am, bs, c)
+    codes = lut.lut[_lut_index(c)]
+    zero = np.repeat(am == 0, bs)[: a.size]
+    codes[zero] = 0  # the C kernel's special case: all-zero (or all-NaN) block
+    return codes, am
+
+
+def _fmax_rows(v: AnyArray) -> AnyArray:
+    return np.fmax.reduce(v, axis=1, initial=np.float32(0.0))  # type: ignore[no-any-return]
+
+
+def _fmax_all(v: AnyArray) -> Any:
+    return np.fmax.reduce(v, initial=np.float32(0.0))
+
+
+def _max_rows(v: AnyArray) -> AnyArray:
+    return v.max(axis=1)  # type: ignore[no-any-return]
+
+
+def _max_all(v: AnyArray) -> Any:
+    return v.max()
+
+
+def _q4_one(a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
+    """One small tensor in few numpy calls (the same arithmetic as the chunked path)."""
+    n = a.size
+    xf = _to_f32(a, np.empty(n, dtype=np.float32))
+    am = _blockwise(np.abs(xf), bs, _max_rows, _max_all)  # NaN propagates, as torch's max does
+    amc = np.maximum(am, np.float32(1e-38))
+    c = np.empty(n + (n & 1), dtype=np.float32)
+    finite = amc.max() < np.inf
+    with _NO_ERRSTATE if finite else np.errstate(all="ignore"):
+        _scaled(xf, np.float32(1.0) / amc, bs, c)
+        tail = (n // bs) * bs
+        if tail < n:  # bitsandbytes divides in the last, partial block and stores its absmax clamped
+            np.divide(xf[tail:], amc[-1], out=c[tail:n])
+            am[-1] = amc[-1]
+        if n & 1:
+            c[n] = 0.0  # bitsandbytes pads an odd count with a scaled 0.0
+        if finite:
+            cells = c * np.float32(_K4)
+            cells += np.float32(_K4_OFF)
+            codes = table.grid.take(cells.astype(np.uint16), mode="clip")
+            if codes.max() >= 0x80:
+                hit = np.flatnonzero(codes >= 0x80)
+                codes[hit] = table.exact(c[hit])
+        else:
+            codes = table.exact(c)
+            if n & 1:
+                codes[n] = table.pad_code
+    packed = np.empty((n + 1) // 2, dtype=np.uint8)
+    _pack(codes, packed)
+    return packed, am
 
 
 def _q8_run(x: AnyArray, bs: int, lut: _Lut8, codes: U8Array, absmax: F32Array) -> None:
@@ -824,20 +926,14 @@ def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple
     if n == 0:
         return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.float32)
     if n <= _SMALL:
-        if n % 2:
-            a = np.append(a, np.zeros(1, a.dtype))  # bitsandbytes pads an odd count with 0.0
-        packed, absmax = _q4_seg(a, _layout1(n, bs, True), table)
-        return packed, absmax
+        return _q4_one(a, bs, table)
     nb = _nblocks(n, bs)
     nfull = n // bs
     packed = np.empty((n + 1) // 2, dtype=np.uint8)
     absmax = np.empty(nb, dtype=np.float32)
     _q4_run(a[: nfull * bs], bs, table, packed, absmax)
     if nfull < nb:
-        r = n - nfull * bs
-        tail = np.zeros(r + (r & 1), dtype=a.dtype)
-        tail[:r] = a[nfull * bs :]
-        packed[nfull * bs // 2 :], absmax[nfull:] = _q4_seg(tail, _layout1(r, bs, True), table)
+        packed[nfull * bs // 2 :], absmax[nfull:] = _q4_one(a[nfull * bs :], bs, table)
     return packed, absmax
 
 
@@ -857,7 +953,13 @@ def quantize_4bit_batch(
         if len(idx) == 1 and arrays[idx[0]].size > _SMALL:
             out[idx[0]] = quantize_4bit(arrays[idx[0]], quant_type, bs)
             return
-        lay = _Layout([arrays[i].size for i in idx], bs, even=True)
+        sizes = [arrays[i].size for i in idx]
+        if sum(-(-n // bs) * bs for n in sizes) <= 1.5 * sum(sizes) + bs:
+            # Little padding to whole blocks: then every block is scaled by broadcasting.
+            for i, res in zip(idx, _q4_padded([arrays[i] for i in idx], bs, table), strict=True):
+                out[i] = res
+            return
+        lay = _Layout(sizes, bs, even=True)
         if lay.total == 0:
             return
         packed, absmax = _q4_seg(_concat([arrays[i] for i in idx], lay), lay, table)
@@ -866,6 +968,62 @@ def quantize_4bit_batch(
 
     _map_groups(group, _groups(arrays))
     return out
+
+
+def _q4_padded(arrays: Sequence[AnyArray], bs: int, table: _Table4) -> list[tuple[U8Array, F32Array]]:
+    """Tensors each zero-padded to whole blocks, quantized as full blocks; then their partial last blocks redone."""
+    sizes = [a.size for a in arrays]
+    nbs = [-(-n // bs) for n in sizes]
+    zeros = np.zeros(bs, dtype=arrays[0].dtype)
+    parts: list[AnyArray] = []
+    for a, nb in zip(arrays, nbs, strict=True):
+        parts.append(a)
+        if nb * bs > a.size:
+            parts.append(zeros[: nb * bs - a.size])
+    buf = np.concatenate(parts)
+    total_blocks = buf.size // bs
+    packed = np.empty(buf.size // 2, dtype=np.uint8)
+    absmax = np.empty(total_blocks, dtype=np.float32)
+    if total_blocks:
+        _q4_full(buf, bs, table, packed, absmax)
+    starts = [0]
+    for nb in nbs:
+        starts.append(starts[-1] + nb)
+    partial = [(starts[k] + n // bs, n % bs) for k, n in enumerate(sizes) if n % bs]
+    if partial:
+        rows = [r for r, _ in partial]
+        p_rows, am = _q4_rows(buf.reshape(total_blocks, bs)[rows], table, [c if c & 1 else -1 for _, c in partial])
+        packed.reshape(total_blocks, bs // 2)[rows] = p_rows
+        absmax[rows] = am
+    half = bs // 2
+    return [
+        (packed[b * half : b * half + (n + 1) // 2], absmax[b : b + nb])
+        for n, nb, b in zip(sizes, nbs, starts[:-1], strict=True)
+    ]
+
+
+def _q4_rows(rows: AnyArray, table: _Table4, pad_cols: list[int]) -> tuple[U8Array, F32Array]:
+    """Zero-padded partial last blocks ``(k, bs)``: divided by their clamped absmax, which they store."""
+    k, bs = rows.shape
+    xf = _to_f32(rows.reshape(-1), np.empty(rows.size, dtype=np.float32)).reshape(k, bs)
+    amc = np.maximum(np.abs(xf).max(axis=1), np.float32(1e-38))  # NaN propagates, like torch
+    finite = amc.max() < np.inf
+    with _NO_ERRSTATE if finite else np.errstate(all="ignore"):
+        c = (xf / amc[:, None]).reshape(-1)
+        if finite:
+            cells = c * np.float32(_K4)
+            cells += np.float32(_K4_OFF)
+            codes = table.grid.take(cells.astype(np.uint16), mode="clip")
+            if codes.max() >= 0x80:
+                hit = np.flatnonzero(codes >= 0x80)
+                codes[hit] = table.exact(c[hit])
+        else:
+            codes = table.exact(c)
+            pads = [r * bs + col for r, col in enumerate(pad_cols) if col >= 0]
+            codes[pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
+    packed = np.empty((k, bs // 2), dtype=np.uint8)
+    _pack(codes, packed.reshape(-1))
+    return packed, amc
 
 
 def _q4_run(x: AnyArray, bs: int, table: _Table4, packed: U8Array, absmax: F32Array) -> None:

@@ -73,8 +73,11 @@ def _ref(kind: int, index: int) -> msgpack.ExtType:
 class _Flattener:
     """One encode: walks the tree, collects leaves, sends a tensor seen twice once."""
 
-    def __init__(self, max_depth: int, names: bool) -> None:
+    def __init__(self, max_depth: int, names: bool, devices: dict[int, Any] | None = None) -> None:
         self.max_depth = max_depth
+        self.devices = devices
+        """Where given, tensors on an accelerator are not copied to the CPU: their leaf stays empty
+        and the tensor is recorded here by table index, so a codec can quantize it in place."""
         self.leaves: list[Leaf] = []
         self.names: list[str] | None = [] if names else None
         """Dotted path of each leaf (dict keys, list indices), kept only when a policy needs them."""
@@ -176,10 +179,15 @@ class _Flattener:
                     ):
                         return _ref(TORCH, index)
                 self._by_ptr.setdefault(ptr, []).append((obj, len(self.leaves)))
-            try:
-                leaf = leaf_from_torch(obj)
-            except TypeError as e:
-                raise _PathError(TypeError, str(e)) from None
+            if self.devices is not None and obj.device.type not in ("cpu", "meta"):
+                leaf = _device_leaf(obj)
+                if leaf is not None:
+                    self.devices[len(self.leaves)] = obj
+            else:
+                try:
+                    leaf = leaf_from_torch(obj)
+                except TypeError as e:
+                    raise _PathError(TypeError, str(e)) from None
         if leaf is None:
             raise _PathError(
                 TypeError, f"dtype {obj.dtype} cannot be encoded; tensorcodec.DTYPES lists the supported ones"
@@ -204,18 +212,32 @@ def _bigint(v: int) -> msgpack.ExtType:
     return msgpack.ExtType(EXT_BIGINT, v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True))
 
 
+def _device_leaf(t: Any) -> Leaf | None:
+    """A placeholder leaf (no bytes yet) for a tensor left on its accelerator."""
+    from . import dtypes
+
+    row = dtypes.from_torch(t.dtype)
+    if row is None:
+        return None
+    return tuple.__new__(Leaf, (TORCH, row, tuple(t.shape), _EMPTY, None))
+
+
 def _pack(obj: Any) -> bytes:
     packed: bytes = msgpack.packb(obj, use_bin_type=True)
     return packed
 
 
-def flatten(obj: Any, max_depth: int, names: bool = False) -> tuple[bytes, list[Leaf], list[str] | None]:
+def flatten(
+    obj: Any, max_depth: int, names: bool = False, devices: dict[int, Any] | None = None
+) -> tuple[bytes, list[Leaf], list[str] | None]:
     """msgpack bytes of the tree, its tensors in table order and (if ``names``) their dotted paths.
 
-    Raises TypeError (unsupported object) or ValueError (too deep) naming the
-    path of the offending object.
+    With ``devices``, tensors on an accelerator get an empty leaf and are
+    recorded there by index (see ``_Flattener.devices``). Raises TypeError
+    (unsupported object) or ValueError (too deep) naming the path of the
+    offending object.
     """
-    f = _Flattener(max_depth, names)
+    f = _Flattener(max_depth, names, devices)
     try:
         tree = f.walk(obj, 0)
     except _PathError as e:

@@ -653,3 +653,43 @@ def test_torch_ops_equal_numpy(dtype: np.dtype[Any]) -> None:
                 d = K.dequantize_4bit_torch(p, dq, x.size, quant_type, 32, tdtype, impl=impl)
                 ref = K.dequantize_4bit(p1, K.dequantize_absmax(off1, codes1, nested1), x.size, quant_type, 32, dtype)
                 assert_bits_equal(to_numpy(d), ref)
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def test_numpy_path_needs_no_torch() -> None:
+    """The numpy kernels run with torch and bitsandbytes unimportable, and give the same bits."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['torch'] = None; sys.modules['bitsandbytes'] = None\n"
+        "import numpy as np, ml_dtypes\n"
+        "from tensorcodec import kernels as K\n"
+        "x = np.random.default_rng(3).standard_normal(70001).astype(ml_dtypes.bfloat16)\n"
+        "p, a = K.quantize_4bit(x, 'nf4', 64); o, c, n = K.quantize_absmax(a)\n"
+        "q, b = K.quantize_blockwise8(x, 4096)\n"
+        "sys.stdout.buffer.write(p.tobytes() + a.tobytes() + c.tobytes() + n.tobytes() + q.tobytes() + b.tobytes())\n"
+    )
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    x = np.random.default_rng(3).standard_normal(70001).astype(BF16)
+    p, a = K.quantize_4bit(x, "nf4", 64)
+    _, c, n = K.quantize_absmax(a)
+    q, b = K.quantize_blockwise8(x, 4096)
+    assert got == p.tobytes() + a.tobytes() + c.tobytes() + n.tobytes() + q.tobytes() + b.tobytes()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_thread_pool_survives_fork() -> None:
+    x = sample(600_000, np.dtype(np.float32), seed=2)
+    K.set_num_threads(2)
+    try:
+        want = K.quantize_4bit(x)[0]
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            os._exit(0 if np.array_equal(K.quantize_4bit(x)[0], want) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        K.set_num_threads(None)
