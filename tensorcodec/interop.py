@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes, kernels
-from .codecs import Quantized
+from .codecs import Quantized, Segments
 
 __all__ = ["from_bitsandbytes", "to_bitsandbytes"]
 
@@ -44,7 +44,7 @@ def from_bitsandbytes(codes: Any, state: Any) -> Quantized:
             if state.state2.blocksize != 256:
                 raise ValueError(f"nested statistics in blocks of {state.state2.blocksize}; tensorcodec uses 256")
             _same_table(state.state2.code, kernels.dynamic_map(), "nested statistics")
-            segments = {
+            segments: Segments = {
                 "codes": ("payload", packed),
                 "absmax_codes": ("meta", _numpy(state.absmax).view(np.uint8)),
                 "absmax_scale": ("meta", _numpy(state.state2.absmax).astype(np.float32)),
@@ -68,7 +68,9 @@ def from_bitsandbytes(codes: Any, state: Any) -> Quantized:
 def to_bitsandbytes(quantized: Quantized, device: Any = "cpu") -> tuple[Any, Any]:
     """``(codes, QuantState)`` that bitsandbytes' dequantize functions accept."""
     import torch
-    from bitsandbytes.functional import QuantState
+    from bitsandbytes.functional import QuantState as _QuantState
+
+    QuantState: Any = _QuantState
 
     if len(quantized.stages) != 1 or quantized.stages[0][0] not in ("quant4", "blockwise8"):
         raise ValueError("only blockwise8 and quant4 encodings map onto bitsandbytes")
