@@ -106,6 +106,10 @@ class Codec:
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         raise NotImplementedError
 
+    def encode_batch(self, xs: list[np.ndarray[Any, Any]]) -> list[Encoded]:
+        """``encode`` of many small tensors; override where one call can do them all faster."""
+        return [self.encode(x) for x in xs]
+
     def encode_torch(self, t: Any) -> Encoded | None:
         """Encode a flat torch tensor where it lives (a GPU), or None to have it copied to the CPU first.
 
@@ -592,6 +596,12 @@ class Blockwise8(Codec):
         codes, absmax = kernels.quantize_blockwise8(_kernel_source(x), self.blocksize)
         return Encoded({"codes": ("payload", codes), "absmax": ("meta", absmax)})
 
+    def encode_batch(self, xs: list[np.ndarray[Any, Any]]) -> list[Encoded]:
+        from . import kernels
+
+        results = kernels.quantize_blockwise8_batch([_kernel_source(x) for x in xs], self.blocksize)
+        return [Encoded({"codes": ("payload", codes), "absmax": ("meta", absmax)}) for codes, absmax in results]
+
     def encode_torch(self, t: Any) -> Encoded | None:
         from . import kernels
 
@@ -674,6 +684,14 @@ class Quant4(Codec):
             return Encoded({**segments, "absmax_scale": ("meta", none32)}, {"offset": 0.0})
         packed, absmax = kernels.quantize_4bit(_kernel_source(x), self.quant_type, self.blocksize)
         return self._with_statistics(packed, absmax, kernels.quantize_absmax)
+
+    def encode_batch(self, xs: list[np.ndarray[Any, Any]]) -> list[Encoded]:
+        from . import kernels
+
+        if any(x.size == 0 for x in xs):
+            return [self.encode(x) for x in xs]
+        results = kernels.quantize_4bit_batch([_kernel_source(x) for x in xs], self.quant_type, self.blocksize)
+        return [self._with_statistics(packed, absmax, kernels.quantize_absmax) for packed, absmax in results]
 
     def encode_torch(self, t: Any) -> Encoded | None:
         from . import kernels

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import dtypes, wire
 from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy, leaf_from_torch
-from .codecs import Codec, decode_segments, encode_chain
+from .codecs import Codec, Encoded, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
 from .tree import flatten, unflatten
@@ -23,6 +23,10 @@ __all__ = ["encode", "encode_frames", "encode_into", "decode"]
 Framework = Literal["numpy", "torch"]
 
 
+_BATCH_MAX_ELEMENTS = 1 << 16
+"""Tensors up to this size that share a codec are encoded in one batch call (per-call overhead dominates them)."""
+
+
 def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Any]]:
     """The preamble + header, and the segments to follow it, in order."""
     if checksum is not None and checksum not in wire.CHECKSUMS:
@@ -30,6 +34,16 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
     rules = Policy.of(precision, policy)
     devices: dict[int, Any] = {}
     tree, leaves, names = flatten(obj, max_depth, names=rules is not None, devices=devices if rules else None)
+    chains: list[list[Codec] | None] = [None] * len(leaves)
+    batches: dict[int, list[int]] = {}
+    if rules is not None and names is not None:
+        for i, leaf in enumerate(leaves):
+            if leaf.encoded is None:
+                chain = chains[i] = rules.choose(names[i], leaf.dtype, math.prod(leaf.shape))
+                small = leaf.data.nbytes <= _BATCH_MAX_ELEMENTS * leaf.dtype.itemsize
+                if chain is not None and len(chain) == 1 and i not in devices and small:
+                    batches.setdefault(id(chain[0]), []).append(i)
+    encoded = _encode_batches(batches, chains, leaves, names)
     entries: list[list[Any]] = []
     segments: list[Any] = []
     for i, leaf in enumerate(leaves):
@@ -37,23 +51,43 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
             entry, data = leaf.encoded.wire_entry()
         else:
             name = names[i] if names is not None else ""
-            chain = rules.choose(name, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
-            entry, data = _encode_leaf(chain, leaf, name, devices.get(i))
+            entry, data = _encode_leaf(chains[i], leaf, name, devices.get(i), encoded.get(i))
         entries.append(entry)
         segments.extend(data)
     sums = [wire.CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
     return wire.pack_header(entries, tree, checksum, sums), segments
 
 
-def _encode_leaf(chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None) -> tuple[list[Any], list[Any]]:
+def _encode_batches(
+    batches: dict[int, list[int]], chains: list[list[Codec] | None], leaves: list[Leaf], names: list[str] | None
+) -> dict[int, Encoded]:
+    """Small tensors sharing one codec, encoded by a single ``encode_batch`` call per codec."""
+    out: dict[int, Encoded] = {}
+    for members in batches.values():
+        if len(members) < 2:
+            continue
+        codec = chains[members[0]][0]  # type: ignore[index]
+        views = [leaves[i].data.view(leaves[i].dtype.numpy) for i in members]
+        try:
+            results = codec.encode_batch(views)
+        except (TypeError, ValueError):
+            continue  # encode one by one below, so that the error names its tensor
+        out.update(zip(members, results, strict=True))
+    return out
+
+
+def _encode_leaf(
+    chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None, done: Encoded | None = None
+) -> tuple[list[Any], list[Any]]:
     """Header entry and segment bytes of one tensor, raw or encoded by a chain of codecs.
 
     A tensor left on an accelerator (``device_tensor``) is quantized there when
-    the codec can; otherwise it is copied to the CPU first.
+    the codec can; otherwise it is copied to the CPU first. ``done`` is this
+    tensor's result from a batch call.
     """
     try:
-        encoded = None
-        if device_tensor is not None and chain is not None and len(chain) == 1:
+        encoded = done
+        if encoded is None and device_tensor is not None and chain is not None and len(chain) == 1:
             encoded = chain[0].encode_torch(device_tensor.detach().reshape(-1))
         if encoded is not None:
             stages = [[chain[0].codec_id, chain[0].get_config(), encoded.params]]  # type: ignore[index]
