@@ -43,17 +43,21 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
                 small = leaf.data.nbytes <= _BATCH_MAX_ELEMENTS * leaf.dtype.itemsize
                 if chain is not None and len(chain) == 1 and i not in devices and small:
                     batches.setdefault(id(chain[0]), []).append(i)
-    encoded = _encode_batches(batches, chains, leaves, names)
     entries: list[list[Any]] = []
     segments: list[Any] = []
-    for i, leaf in enumerate(leaves):
-        if leaf.encoded is not None:
-            entry, data = leaf.encoded.wire_entry()
-        else:
-            name = names[i] if names is not None else ""
-            entry, data = _encode_leaf(chains[i], leaf, name, devices.get(i), encoded.get(i))
-        entries.append(entry)
-        segments.extend(data)
+    if rules is None and all(leaf.encoded is None for leaf in leaves):  # all raw: the hot path
+        entries = [[leaf.dtype.name, leaf.shape] for leaf in leaves]
+        segments = [leaf.data for leaf in leaves]
+    else:
+        encoded = _encode_batches(batches, chains, leaves, names)
+        for i, leaf in enumerate(leaves):
+            if leaf.encoded is not None:
+                entry, data = leaf.encoded.wire_entry()
+            else:
+                name = names[i] if names is not None else ""
+                entry, data = _encode_leaf(chains[i], leaf, name, devices.get(i), encoded.get(i))
+            entries.append(entry)
+            segments.extend(data)
     sums = [wire.CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
     return wire.pack_header(entries, tree, checksum, sums), segments
 
