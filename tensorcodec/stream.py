@@ -13,6 +13,7 @@ frame beyond the tensors themselves.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -137,15 +138,17 @@ def encode_stream(
     elif not 0 <= stream_id < 1 << 64:
         raise ValueError(f"stream_id must be an unsigned 64-bit integer, not {stream_id}")
     rules = Policy.of(precision, policy)
-    tree, leaves, paths = flatten(obj, max_depth, names=names or rules is not None)
+    devices: dict[int, Any] = {}  # accelerator tensors stay there until their turn: one CPU copy at a time
+    tree, leaves, paths = flatten(obj, max_depth, names=names or rules is not None, devices=devices)
     framer = _Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
-    return _frames(framer, tree, leaves, paths, names, rules, checksum)
+    return _frames(framer, tree, leaves, devices, paths, names, rules, checksum)
 
 
 def _frames(
     framer: _Framer,
     tree: bytes,
     leaves: list[Leaf],
+    devices: dict[int, Any],
     paths: list[str] | None,
     names: bool,
     rules: Policy | None,
@@ -162,13 +165,8 @@ def _frames(
         if leaf.encoded is not None:  # a Quantized placed in the tree travels as it is
             entry, segments = leaf.encoded.wire_entry()
         else:
-            chain = None
-            if rules is not None:
-                chain = rules.choose(path, leaf.dtype, leaf.data.nbytes // leaf.dtype.itemsize)
-            if chain is None:
-                entry, segments = [leaf.dtype.name, leaf.shape], [leaf.data]
-            else:
-                entry, segments = _encode_leaf(chain, leaf, path)
+            chain = rules.choose(path, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
+            entry, segments = _encode_leaf(chain, leaf, path, devices.pop(i, None))
         fields: dict[str, Any] = {"index": i, "entry": entry}
         if names:
             fields["name"] = path
