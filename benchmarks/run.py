@@ -307,7 +307,8 @@ def bench_workload(wl: workloads.Workload, all_codecs: dict[str, Codec], reps: i
                 stage = "decode"
                 out, td, fd = timed(c.decode, msg)
                 if r >= warmup:
-                    row["enc"].append(te), row["dec"].append(td), row["fenc"].append(fe), row["fdec"].append(fd)
+                    for key, value in zip(("enc", "dec", "fenc", "fdec"), (te, td, fe, fd), strict=True):
+                        row[key].append(value)
                 if r == warmup + reps - 1:
                     stage = "check"
                     frames = _frames(msg)
