@@ -131,6 +131,7 @@ class Materializer:
     def __init__(self, copy: bool, device: Any) -> None:
         self.copy = copy
         self.device = device
+        self._strides: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._bases: dict[tuple[int | None, DType, int], Any] = {}
 
     def numpy(self, row: DType, shape: tuple[int, ...], nbytes: int, buf: Any, offset: int) -> np.ndarray[Any, Any]:
@@ -178,12 +179,10 @@ class Materializer:
                 arr = arr.copy()
             t = _numpy_to_torch(arr, row)
         else:
-            strides = []
-            step = 1
-            for d in shape[::-1]:
-                strides.append(step)
-                step *= d
-            t = base.as_strided(shape, strides[::-1], offset // row.itemsize)
+            strides = self._strides.get(shape)
+            if strides is None:
+                strides = self._strides[shape] = _contiguous_strides(shape)
+            t = base.as_strided(shape, strides, offset // row.itemsize)
             if self.copy:
                 t = t.clone()
         if self.device is not None:
@@ -206,6 +205,17 @@ class Materializer:
 
 
 _NO_BASE: Any = object()
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides = []
+    step = 1
+    for d in shape[::-1]:
+        strides.append(step)
+        step *= d
+    return tuple(strides[::-1])
+
+
 _NUMPY_COPY_MIN = 1 << 20
 
 

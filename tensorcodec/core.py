@@ -292,6 +292,7 @@ def decode(
     entries = header.entries
     offsets = header.offsets
     make = Materializer(copy, device)
+    single = rope.parts[0] if len(rope.parts) == 1 else None
     cache: dict[tuple[int, int], Any] = {}
 
     def tensor(index: int, sent_kind: int) -> Any:
@@ -304,7 +305,11 @@ def decode(
             if entry.stages:
                 value = _decode_coded(entry, offsets, rope, make, kind)
             else:
-                buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
+                part: int | None = 0
+                if single is not None:
+                    buf, offset = single, offsets[entry.first_segment]
+                else:
+                    buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
                 if kind == TORCH:
                     value = make.torch(entry.dtype, entry.shape, entry.nbytes, buf, offset, part)
                 elif kind == NUMPY:

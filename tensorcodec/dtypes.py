@@ -9,7 +9,7 @@ attribute name, so an older torch that lacks a dtype still imports.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ml_dtypes
@@ -28,10 +28,11 @@ class DType:
     """Native numpy dtype (from ml_dtypes where numpy has none)."""
     torch_name: str | None
     """Attribute of the ``torch`` module, or None where torch has no equivalent."""
+    itemsize: int = field(init=False)
+    """Bytes per element (a plain attribute: the decoder reads it for every tensor)."""
 
-    @property
-    def itemsize(self) -> int:
-        return self.numpy.itemsize
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "itemsize", self.numpy.itemsize)
 
     @property
     def is_floating(self) -> bool:

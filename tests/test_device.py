@@ -37,7 +37,7 @@ def test_codecs_without_a_torch_path_fall_back_to_the_cpu() -> None:
     t = torch.randn(5000)
     chain = Policy({"*": "minmax8"}).choose("w", leaf_from_torch(t).dtype, t.numel())
     assert chain is not None and chain[0].encode_torch(t) is None
-    entry, data = _encode_leaf(chain, leaf_from_torch(t), "w", device_tensor=t)
+    entry, _ = _encode_leaf(chain, leaf_from_torch(t), "w", device_tensor=t)
     assert entry == _encode_leaf(chain, leaf_from_torch(t), "w")[0]
 
 
