@@ -27,7 +27,7 @@ from . import dtypes, wire
 from .codecs import Codec
 from .core import decode, encode
 from .policy import Policy, Precision
-from .tree import unflatten
+from .tree import named_leaves, unflatten
 
 __all__ = ["TensorRow", "Report", "report", "inspect", "predict", "MIB", "MB"]
 
@@ -141,15 +141,8 @@ def _names(tree: bytes, count: int, limits: wire.Limits) -> list[list[str]]:
     """Every dotted path under which each table entry appears in the tree."""
     found: list[list[str]] = [[] for _ in range(count)]
     root = unflatten(tree, lambda index, kind: _Ref(index), count, limits.max_depth)
-    stack: list[tuple[Any, str]] = [(root, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, _Ref):
-            found[node.index].append(path)
-        elif isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node))
+    for path, ref in named_leaves(root, lambda node: isinstance(node, _Ref)):
+        found[ref.index].append(path)
     return [sorted(names) for names in found]
 
 
@@ -236,17 +229,7 @@ def report(
 
 
 def _leaves_by_name(obj: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    stack: list[tuple[Any, str]] = [(obj, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node))
-        elif hasattr(node, "dtype") and hasattr(node, "shape"):
-            out[path] = node
-    return out
+    return dict(named_leaves(obj, lambda node: hasattr(node, "dtype") and hasattr(node, "shape")))
 
 
 def _as_numpy(x: Any) -> np.ndarray[Any, Any]:

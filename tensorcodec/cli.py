@@ -25,6 +25,7 @@ from .core import decode, encode
 from .errors import DecodeError
 from .models import DEFAULT_MODEL, default_model_path, load_model, write_safetensors
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
+from .tree import named_leaves
 
 __all__ = ["main"]
 
@@ -179,16 +180,9 @@ def _encode(args: argparse.Namespace) -> int:
 
 def _decode(args: argparse.Namespace) -> int:
     tree = decode(Path(args.input).read_bytes(), framework="numpy", copy=False)
-    flat: dict[str, Any] = {}
-    stack: list[tuple[Any, str]] = [(tree, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}" if path else k) for k, v in node.items())
-        elif isinstance(node, (list, tuple)):
-            stack.extend((v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node))
-        elif isinstance(node, (np.ndarray, np.generic)):
-            flat[path] = np.asarray(node)
+    flat = {
+        path: np.asarray(leaf) for path, leaf in named_leaves(tree, lambda n: isinstance(n, (np.ndarray, np.generic)))
+    }
     write_safetensors(dict(sorted(flat.items())), args.output)
     print(f"{args.output}: {len(flat)} tensors written as safetensors")
     return 0

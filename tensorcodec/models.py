@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
+from .tree import named_leaves
 
 __all__ = ["load_model", "read_safetensors", "write_safetensors", "default_model_path", "DEFAULT_MODEL"]
 
@@ -138,19 +139,7 @@ def _flat_tensors(tree: Any, p: Path) -> dict[str, Any]:
     Checkpoints and messages may nest (``{"model": {...}, "epoch": 3}``); the report, the
     NVFlare view and ``decode`` to safetensors all need a flat dict of tensors.
     """
-    out: dict[str, Any] = {}
-    stack: list[tuple[Any, str]] = [(tree, "")]
-    while stack:
-        node, path = stack.pop()
-        if isinstance(node, dict):
-            items: list[tuple[Any, Any]] = list(node.items())
-        elif isinstance(node, (list, tuple)):
-            items = list(enumerate(node))
-        else:
-            if hasattr(node, "dtype") and hasattr(node, "shape"):
-                out[path] = node
-            continue
-        stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(items))
+    out = dict(named_leaves(tree, lambda node: hasattr(node, "dtype") and hasattr(node, "shape")))
     if not out:
         raise ValueError(f"{p}: holds no tensors")
     return out

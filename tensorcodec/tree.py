@@ -29,7 +29,7 @@ from .arrays import NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
 from .codecs import Quantized
 from .errors import DecodeError
 
-__all__ = ["flatten", "unflatten", "format_path", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
+__all__ = ["flatten", "unflatten", "format_path", "named_leaves", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
 
 EXT_TUPLE, EXT_BIGINT, EXT_BYTEARRAY = 4, 5, 6
 _TENSOR_EXTS = (NUMPY, TORCH, SCALAR)
@@ -354,3 +354,24 @@ def _finish(tree: Any, max_depth: int, expand: Callable[[bytes], _Tuple]) -> Any
     for parent, key, marker in reversed(fixups):
         parent[key] = tuple(marker)
     return holder[0]
+
+
+def named_leaves(obj: Any, is_leaf: Callable[[Any], bool]) -> list[tuple[str, Any]]:
+    """``(dotted path, leaf)`` for every leaf of a decoded tree, in tree order.
+
+    Paths join dict keys and list/tuple indices with dots, as policies name tensors.
+    """
+    out: list[tuple[str, Any]] = []
+    stack: list[tuple[Any, str]] = [(obj, "")]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, dict):
+            items: list[tuple[Any, Any]] = list(node.items())
+        elif isinstance(node, (list, tuple)):
+            items = list(enumerate(node))
+        else:
+            if is_leaf(node):
+                out.append((path, node))
+            continue
+        stack.extend((v, f"{path}.{k}" if path else str(k)) for k, v in reversed(items))
+    return out
