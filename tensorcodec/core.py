@@ -49,7 +49,7 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
         entries = [[leaf.dtype.name, leaf.shape] for leaf in leaves]
         segments = [leaf.data for leaf in leaves]
     else:
-        encoded = _encode_batches(batches, chains, leaves, names)
+        encoded = _encode_batches(batches, chains, leaves)
         for i, leaf in enumerate(leaves):
             if leaf.encoded is not None:
                 entry, data = leaf.encoded.wire_entry()
@@ -63,7 +63,7 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
 
 
 def _encode_batches(
-    batches: dict[int, list[int]], chains: list[list[Codec] | None], leaves: list[Leaf], names: list[str] | None
+    batches: dict[int, list[int]], chains: list[list[Codec] | None], leaves: list[Leaf]
 ) -> dict[int, Encoded]:
     """Small tensors sharing one codec, encoded by a single ``encode_batch`` call per codec."""
     out: dict[int, Encoded] = {}
