@@ -85,30 +85,11 @@ def to_bitsandbytes(quantized: Quantized, device: Any = "cpu") -> tuple[Any, Any
     table = kernels.NF4_TABLE if config["quant_type"] == "nf4" else kernels.FP4_TABLE
     code = torch.from_numpy(np.array(table)).to(device)
     codes = seg["codes"].reshape(-1, 1)
-    if config["double_quant"]:
-        inner = QuantState(
-            absmax=seg["absmax_scale"],
-            code=torch.from_numpy(kernels.dynamic_map()).to(device),
-            blocksize=256,
-            dtype=torch.float32,
-        )
-        state = QuantState(
-            absmax=seg["absmax_codes"],
-            shape=shape,
-            code=code,
-            blocksize=config["blocksize"],
-            quant_type=config["quant_type"],
-            dtype=tdtype,
-            offset=torch.tensor(params["offset"], dtype=torch.float32, device=device),
-            state2=inner,
-        )
-    else:
-        state = QuantState(
-            absmax=seg["absmax"],
-            shape=shape,
-            code=code,
-            blocksize=config["blocksize"],
-            quant_type=config["quant_type"],
-            dtype=tdtype,
-        )
+    common = {"shape": shape, "code": code, "blocksize": config["blocksize"], "quant_type": config["quant_type"]}
+    if not config["double_quant"]:
+        return codes, QuantState(absmax=seg["absmax"], dtype=tdtype, **common)
+    dynamic = torch.from_numpy(kernels.dynamic_map()).to(device)
+    inner = QuantState(absmax=seg["absmax_scale"], code=dynamic, blocksize=256, dtype=torch.float32)
+    offset = torch.tensor(params["offset"], dtype=torch.float32, device=device)
+    state = QuantState(absmax=seg["absmax_codes"], dtype=tdtype, offset=offset, state2=inner, **common)
     return codes, state

@@ -529,6 +529,20 @@ def _q8_seg(buf: AnyArray, lay: _Layout, lut: _Lut8) -> tuple[U8Array, F32Array]
     return codes, am
 
 
+def _codes4(c: F32Array, table: _Table4, finite: bool) -> U8Array:
+    """4-bit codes of scaled values: a grid lookup, searched exactly where the grid cell is ambiguous
+    (or everywhere, when a block's statistics are not finite)."""
+    if not finite:
+        return table.exact(c)
+    cells = c * np.float32(_K4)
+    cells += np.float32(_K4_OFF)
+    codes: U8Array = np.take(table.grid, cells.astype(np.uint16), mode="clip")
+    if codes.max() >= 0x80:
+        hit = np.flatnonzero(codes >= 0x80)
+        codes[hit] = table.exact(c[hit])
+    return codes
+
+
 def _q4_seg(buf: AnyArray, lay: _Layout, table: _Table4) -> tuple[U8Array, F32Array]:
     """Packed 4-bit codes and absmax of the blocks of an (even) layout, in a few numpy calls."""
     xf = _to_f32(buf, np.empty(buf.size, dtype=np.float32))
@@ -545,17 +559,9 @@ def _q4_seg(buf: AnyArray, lay: _Layout, table: _Table4) -> tuple[U8Array, F32Ar
                 pe = np.flatnonzero(np.take(lay.partial, lay.block_of, mode="clip"))
                 c[pe] = xf[pe] / amc[lay.block_of[pe]]
             am[lay.partial] = amc[lay.partial]
-        if finite:
-            cells = c * np.float32(_K4)
-            cells += np.float32(_K4_OFF)
-            codes = np.take(table.grid, cells.astype(np.uint16), mode="clip")
-            if codes.max() >= 0x80:
-                hit = np.flatnonzero(codes >= 0x80)
-                codes[hit] = table.exact(c[hit])
-        else:
-            codes = table.exact(c)
-            if lay.pads.size:
-                codes[lay.pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
+        codes = _codes4(c, table, finite)
+        if not finite and lay.pads.size:
+            codes[lay.pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
     packed = np.empty(buf.size // 2, dtype=np.uint8)
     _pack(codes, packed)
     return packed, am
@@ -743,17 +749,9 @@ def _q4_one(a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
             am[-1] = amc[-1]
         if n & 1:
             c[n] = 0.0  # bitsandbytes pads an odd count with a scaled 0.0
-        if finite:
-            cells = c * np.float32(_K4)
-            cells += np.float32(_K4_OFF)
-            codes = table.grid.take(cells.astype(np.uint16), mode="clip")
-            if codes.max() >= 0x80:
-                hit = np.flatnonzero(codes >= 0x80)
-                codes[hit] = table.exact(c[hit])
-        else:
-            codes = table.exact(c)
-            if n & 1:
-                codes[n] = table.pad_code
+        codes = _codes4(c, table, finite)
+        if not finite and n & 1:
+            codes[n] = table.pad_code
     packed = np.empty((n + 1) // 2, dtype=np.uint8)
     _pack(codes, packed)
     return packed, am
@@ -1010,15 +1008,8 @@ def _q4_rows(rows: AnyArray, table: _Table4, pad_cols: list[int]) -> tuple[U8Arr
     finite = amc.max() < np.inf
     with _NO_ERRSTATE if finite else np.errstate(all="ignore"):
         c = (xf / amc[:, None]).reshape(-1)
-        if finite:
-            cells = c * np.float32(_K4)
-            cells += np.float32(_K4_OFF)
-            codes = table.grid.take(cells.astype(np.uint16), mode="clip")
-            if codes.max() >= 0x80:
-                hit = np.flatnonzero(codes >= 0x80)
-                codes[hit] = table.exact(c[hit])
-        else:
-            codes = table.exact(c)
+        codes = _codes4(c, table, finite)
+        if not finite:
             pads = [r * bs + col for r, col in enumerate(pad_cols) if col >= 0]
             codes[pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
     packed = np.empty((k, bs // 2), dtype=np.uint8)
