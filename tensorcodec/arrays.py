@@ -152,7 +152,6 @@ class Materializer:
 
     def from_numpy(self, arr: np.ndarray[Any, Any], row: DType) -> Any:
         """A torch tensor sharing an owned numpy array's memory, moved to ``device``."""
-        self._torch_base(row, b"", 0)  # raises TypeError where torch lacks the dtype
         t = _numpy_to_torch(arr, row)
         return t.to(self.device) if self.device is not None else t
 
@@ -193,11 +192,7 @@ class Materializer:
         """One typed tensor over all of ``buf``, from which tensors are strided views."""
         import torch
 
-        tdtype = dtypes.torch_dtype(row)
-        if tdtype is None:
-            raise TypeError(
-                f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
-            )
+        tdtype = _torch_dtype_of(row)
         if not _LITTLE or nbytes == 0:
             return _NO_BASE
         whole = torch.frombuffer(buf, dtype=torch.uint8)
@@ -219,14 +214,22 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 _NUMPY_COPY_MIN = 1 << 20
 
 
-def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
-    import torch
-
+def _torch_dtype_of(row: DType) -> Any:
+    """The torch dtype of a row; TypeError where the installed torch has none."""
     tdtype = dtypes.torch_dtype(row)
     if tdtype is None:
+        import torch
+
         raise TypeError(
             f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
         )
+    return tdtype
+
+
+def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
+    import torch
+
+    tdtype = _torch_dtype_of(row)
     if row.name not in _NUMPY_NATIVE:
         return torch.from_numpy(arr.view(f"u{row.itemsize}" if row.itemsize == 1 else f"i{row.itemsize}")).view(tdtype)
     return torch.from_numpy(arr)
