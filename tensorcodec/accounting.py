@@ -24,6 +24,7 @@ import msgpack
 import numpy as np
 
 from . import dtypes, wire
+from .arrays import leaf_from_torch
 from .codecs import Codec
 from .core import decode, encode
 from .policy import Policy, Precision
@@ -233,13 +234,13 @@ def _leaves_by_name(obj: Any) -> dict[str, Any]:
 
 
 def _as_numpy(x: Any) -> np.ndarray[Any, Any]:
+    """A numpy view of an original tensor (bf16 and fp8 torch tensors as ml_dtypes arrays)."""
     if isinstance(x, (np.ndarray, np.generic)):
         return np.asarray(x)
-    t = x.detach().cpu()
-    row = dtypes.from_torch(t.dtype)
-    if row is not None and row.numpy.kind == "V":
-        return np.asarray(decode(encode(t), framework="numpy"))
-    return np.asarray(t.numpy())
+    leaf = leaf_from_torch(x)
+    if leaf is None:
+        raise TypeError(f"dtype {x.dtype} cannot be measured")
+    return leaf.data.view(leaf.dtype.numpy).reshape(leaf.shape)
 
 
 def _add_quality(rep: Report, obj: Any, message: bytes) -> None:
