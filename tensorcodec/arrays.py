@@ -13,6 +13,7 @@ writable copy (``copy=True``).
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 from typing import Any, NamedTuple
@@ -177,10 +178,18 @@ class Materializer:
             if arr.ctypes.data % row.itemsize:
                 arr = arr.copy()
             t = _numpy_to_torch(arr, row)
+        elif not self.copy and row.name in _NUMPY_NATIVE:
+            # from_numpy of a view costs less than as_strided and needs no strides.
+            t = _from_numpy(np.ndarray(shape, dtype=row.numpy, buffer=buf, offset=offset))
         else:
-            strides = self._strides.get(shape)
-            if strides is None:
-                strides = self._strides[shape] = _contiguous_strides(shape)
+            n = len(shape)
+            if n == 1:
+                strides: tuple[int, ...] = (1,)
+            elif n == 2:
+                strides = (shape[1], 1)
+            else:
+                got = self._strides.get(shape)
+                strides = got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
             t = base.as_strided(shape, strides, offset // row.itemsize)
             if self.copy:
                 t = t.clone()
@@ -195,11 +204,22 @@ class Materializer:
         tdtype = _torch_dtype_of(row)
         if not _LITTLE or nbytes == 0:
             return _NO_BASE
-        whole = torch.frombuffer(buf, dtype=torch.uint8)
-        return whole[: whole.numel() - whole.numel() % row.itemsize].view(tdtype)
+        count = memoryview(buf).nbytes // row.itemsize
+        return torch.frombuffer(buf, dtype=tdtype, count=count) if count else _NO_BASE
 
 
 _NO_BASE: Any = object()
+
+
+@functools.cache
+def _from_numpy_fn() -> Any:
+    import torch
+
+    return torch.from_numpy
+
+
+def _from_numpy(arr: np.ndarray[Any, Any]) -> Any:
+    return _from_numpy_fn()(arr)
 
 
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import dtypes, wire
-from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy, leaf_from_torch
+from .arrays import _LITTLE, NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy, leaf_from_torch
 from .codecs import Codec, Encoded, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
@@ -293,17 +293,23 @@ def decode(
     offsets = header.offsets
     make = Materializer(copy, device)
     single = rope.parts[0] if len(rope.parts) == 1 else None
-    cache: dict[tuple[int, int], Any] = {}
+    cache: dict[int, Any] = {}
+    ndarray = np.ndarray
+    plain_views = single is not None and not copy and _LITTLE
 
     def tensor(index: int, sent_kind: int) -> Any:
         kind = kinds[sent_kind]
-        value = cache.get((index, kind))
+        key = index << 2 | kind
+        value = cache.get(key)
         if value is not None:
             return value
         entry = entries[index]
         try:
             if entry.stages:
                 value = _decode_coded(entry, offsets, rope, make, kind)
+            elif plain_views and kind == NUMPY and entry.nbytes:
+                # The hot path: a read-only view straight into the one message buffer.
+                value = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
             else:
                 part: int | None = 0
                 if single is not None:
@@ -318,7 +324,7 @@ def decode(
                     value = make.scalar(entry.dtype, entry.shape, entry.nbytes, buf, offset)
         except TypeError as e:
             raise DecodeError(f"tensor {index}: {e}") from None
-        cache[(index, kind)] = value
+        cache[key] = value
         return value
 
     return unflatten(header.tree, tensor, len(entries), limits.max_depth)

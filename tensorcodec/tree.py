@@ -25,8 +25,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from .arrays import NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
+from . import dtypes
+from .arrays import _LITTLE, _NUMPY_NATIVE, NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
 from .codecs import Quantized
+from .dtypes import _BY_NUMPY
 from .errors import DecodeError
 
 __all__ = ["flatten", "unflatten", "format_path", "named_leaves", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
@@ -87,13 +89,16 @@ class _Flattener:
         torch = sys.modules.get("torch")  # a torch tensor implies torch is imported
         self._tensor_type: Any = torch.Tensor if torch is not None else ()
         self._tensor_exact = (torch.Tensor, torch.nn.Parameter) if torch is not None else ()
+        self._by_torch = dtypes._torch_table() if torch is not None else {}
 
     def walk(self, obj: Any, depth: int) -> Any:
         t = type(obj)
         if t in _PLAIN:
             return obj if t is not int or _INT64_MIN <= obj <= _UINT64_MAX else _bigint(obj)
-        if t in self._tensor_exact or t is np.ndarray:
-            return self._leaf(obj)
+        if t is np.ndarray:
+            return self._numpy_leaf(obj)
+        if t in self._tensor_exact:
+            return self._torch_leaf(obj)
         if depth >= self.max_depth:
             raise _PathError(ValueError, f"nesting deeper than max_depth={self.max_depth} (a reference cycle?)")
         if isinstance(obj, dict):
@@ -108,8 +113,10 @@ class _Flattener:
                     tv = type(v)
                     if tv is str or tv is float or tv is bool or v is None:
                         out[k] = v
-                    elif self.names is None and (tv in self._tensor_exact or tv is np.ndarray):
-                        out[k] = self._leaf(v)
+                    elif tv is np.ndarray and self.names is None:
+                        out[k] = self._numpy_leaf(v)
+                    elif tv in self._tensor_exact and self.names is None:
+                        out[k] = self._torch_leaf(v)
                     else:
                         self._path.append(k)
                         out[k] = self.walk(v, depth + 1)
@@ -145,30 +152,45 @@ class _Flattener:
 
     def _leaf(self, obj: Any) -> msgpack.ExtType:
         """Reference to ``obj``'s table entry, adding the entry unless the same tensor is there."""
+        if type(obj) is np.ndarray:
+            return self._numpy_leaf(obj)
         if isinstance(obj, np.ndarray):
-            kind = NUMPY
-            seen = self._by_id.get(id(obj))
-            if seen is not None:
-                return _ref(NUMPY, seen[1])
             if isinstance(obj, np.ma.MaskedArray):
                 raise _PathError(TypeError, "a masked array would lose its mask; send .data and .mask separately")
-            leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
-            self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
-        elif isinstance(obj, np.generic):
-            kind = SCALAR
-            leaf = leaf_from_numpy(obj, SCALAR)
-        elif isinstance(obj, Quantized):
+            return self._numpy_leaf(obj)
+        if isinstance(obj, np.generic):
+            return self._add(leaf_from_numpy(obj, SCALAR), obj, SCALAR)
+        if isinstance(obj, Quantized):
             kind = TORCH if obj.framework == "torch" else NUMPY
-            leaf = tuple.__new__(Leaf, (kind, obj.dtype, obj.shape, _EMPTY, obj))
+            return self._add(tuple.__new__(Leaf, (kind, obj.dtype, obj.shape, _EMPTY, obj)), obj, kind)
+        return self._torch_leaf(obj)
+
+    def _numpy_leaf(self, obj: np.ndarray[Any, Any]) -> msgpack.ExtType:
+        seen = self._by_id.get(id(obj))
+        if seen is not None:
+            return _ref(NUMPY, seen[1])
+        self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
+        row = _BY_NUMPY.get(obj.dtype)
+        leaf: Leaf | None
+        if row is not None and row.name in _NUMPY_NATIVE and obj.flags.c_contiguous and _LITTLE:
+            # The common case in a few attribute reads: a native-endian contiguous array.
+            leaf = tuple.__new__(Leaf, (NUMPY, row, obj.shape, np.frombuffer(obj, np.uint8), None))
         else:
-            kind = TORCH
-            # Tensors sharing storage, offset and layout (tied weights) are sent once.
-            try:
-                ptr = obj.data_ptr()
-            except RuntimeError:  # sparse layouts have no storage; leaf_from_torch says so below
-                ptr = 0
-            if ptr:
-                for other, index in self._by_ptr.get(ptr, ()):
+            leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
+        return self._add(leaf, obj, NUMPY)
+
+    def _torch_leaf(self, obj: Any) -> msgpack.ExtType:
+        # Tensors sharing storage, offset and layout (tied weights) are sent once.
+        try:
+            ptr = obj.data_ptr()
+        except RuntimeError:  # sparse layouts have no storage; leaf_from_torch says so below
+            ptr = 0
+        if ptr:
+            same_ptr = self._by_ptr.get(ptr)
+            if same_ptr is None:
+                self._by_ptr[ptr] = [(obj, len(self.leaves))]
+            else:
+                for other, index in same_ptr:
                     if (
                         other.dtype == obj.dtype
                         and other.shape == obj.shape
@@ -178,16 +200,34 @@ class _Flattener:
                         and other.is_neg() == obj.is_neg()
                     ):
                         return _ref(TORCH, index)
-                self._by_ptr.setdefault(ptr, []).append((obj, len(self.leaves)))
-            if self.devices is not None and obj.device.type not in ("cpu", "meta"):
-                leaf = _device_leaf(obj)
-                if leaf is not None:
-                    self.devices[len(self.leaves)] = obj
-            else:
+                same_ptr.append((obj, len(self.leaves)))
+        if self.devices is not None and obj.device.type not in ("cpu", "meta"):
+            leaf = _device_leaf(obj)
+            if leaf is not None:
+                self.devices[len(self.leaves)] = obj
+        else:
+            leaf = self._plain_torch_leaf(obj)
+            if leaf is None:
                 try:
                     leaf = leaf_from_torch(obj)
                 except TypeError as e:
                     raise _PathError(TypeError, str(e)) from None
+        return self._add(leaf, obj, TORCH)
+
+    def _plain_torch_leaf(self, t: Any) -> Leaf | None:
+        """The common case cheaply: a contiguous CPU tensor of a dtype numpy has (None: take the general path)."""
+        row = self._by_torch.get(t.dtype)
+        if row is None or row.name not in _NUMPY_NATIVE or not _LITTLE:
+            return None
+        try:
+            arr = t.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
+        except (RuntimeError, TypeError):
+            return None
+        if not arr.flags.c_contiguous:
+            return None
+        return tuple.__new__(Leaf, (TORCH, row, arr.shape, np.frombuffer(arr, np.uint8), None))
+
+    def _add(self, leaf: Leaf | None, obj: Any, kind: int) -> msgpack.ExtType:
         if leaf is None:
             raise _PathError(
                 TypeError, f"dtype {obj.dtype} cannot be encoded; tensorcodec.DTYPES lists the supported ones"

@@ -336,7 +336,8 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
 
     entries: list[Entry] = []
     offsets: list[int] = []
-    gaps: list[tuple[int, int]] = []
+    gaps: list[int] = []
+    """Start and length of every run of padding bytes, flattened."""
     pos = PREAMBLE_SIZE + hlen
     decoded = 0
     by_name = dtypes.BY_NAME
@@ -345,28 +346,51 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     for i, raw in enumerate(raw_entries):
         # Fast path for the common raw entry [dtype, shape]; _entry() covers the rest.
         if type(raw) is list and len(raw) == 2 and type(raw[1]) is list and len(raw[1]) <= max_ndim:
-            row = by_name.get(raw[0]) if type(raw[0]) is str else None
-            if row is None:
-                raise _fail(f"tensor {i}: dtype {raw[0]!r} is not one tensorcodec knows")
-            nbytes = span = row.itemsize
-            for d in raw[1]:
+            dims = raw[1]
+            try:
+                row = by_name[raw[0]]
+            except (KeyError, TypeError):
+                raise _fail(f"tensor {i}: dtype {raw[0]!r} is not one tensorcodec knows") from None
+            nbytes = row.itemsize
+            if len(dims) == 1:
+                d = dims[0]
                 if type(d) is not int or d < 0:
-                    raise _fail(f"tensor {i}: dimension {d!r} is not a non-negative integer")
+                    raise _fail(_bad_dims(i, dims))
                 nbytes *= d
-                span *= d or 1
-            if span > _MAX_SIZE:
-                raise _fail(f"tensor {i}: shape {raw[1]} overflows a 64-bit size")
-            entry = new_entry(Entry, (row, tuple(raw[1]), nbytes, (), (), len(offsets)))
-            sizes: Any = (nbytes,)
-        else:
-            entry = _entry(raw, i, len(offsets), limits)
-            sizes = [seg.nbytes for seg in entry.segments]
+                if nbytes > _MAX_SIZE:
+                    raise _fail(_bad_dims(i, dims))
+            else:
+                span = nbytes
+                for d in dims:
+                    if type(d) is not int or d < 0:
+                        raise _fail(_bad_dims(i, dims))
+                    nbytes *= d
+                    span *= d or 1
+                if span > _MAX_SIZE:
+                    raise _fail(_bad_dims(i, dims))
+            entries.append(new_entry(Entry, (row, tuple(dims), nbytes, (), (), len(offsets))))
+            decoded += nbytes
+            if nbytes:
+                start = (pos + ALIGN - 1) & -ALIGN
+                if start != pos:
+                    gaps.append(pos)
+                    gaps.append(start - pos)
+                pos = start + nbytes
+                if pos > total:
+                    raise _fail(f"truncated: tensor {i} needs bytes [{start}, {pos}), message has {total}")
+                offsets.append(start)
+            else:
+                offsets.append(pos)
+            continue
+        entry = _entry(raw, i, len(offsets), limits)
         entries.append(entry)
         decoded += entry.nbytes
-        for n in sizes:
+        for seg in entry.segments:
+            n = seg.nbytes
             start = (pos + ALIGN - 1) & -ALIGN if n else pos
             if start != pos:
-                gaps.append((pos, start - pos))
+                gaps.append(pos)
+                gaps.append(start - pos)
             pos = start + n
             if pos > total:
                 raise _fail(f"truncated: tensor {i} needs bytes [{start}, {pos}), message has {total}")
@@ -406,13 +430,28 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     return Header(entries, tree, offsets, checksum, checksums)
 
 
-def _check_padding(rope: Rope, gaps: list[tuple[int, int]]) -> None:
-    """Every padding byte must be zero, so that no data hides between segments."""
+def _bad_dims(i: int, dims: list[Any]) -> str:
+    """Why a shape is invalid (the fast path checks first, then asks here for the words)."""
+    for d in dims:
+        if type(d) is not int or d < 0:
+            return f"tensor {i}: dimension {d!r} is not a non-negative integer"
+    return f"tensor {i}: shape {dims} overflows a 64-bit size"
+
+
+_PADDING_LOOP_MAX = 256
+"""Up to this many padding runs a plain loop is cheaper than a vectorized check."""
+
+
+def _check_padding(rope: Rope, gaps: list[int]) -> None:
+    """Every padding byte must be zero, so that no data hides between segments.
+
+    ``gaps`` holds start, length, start, length, ... of the padding runs.
+    """
     if not gaps:
         return
-    if len(rope.parts) == 1 and len(gaps) > 8:
-        starts = np.fromiter((g[0] for g in gaps), dtype=np.int64, count=len(gaps))
-        lens = np.fromiter((g[1] for g in gaps), dtype=np.int64, count=len(gaps))
+    if len(rope.parts) == 1 and len(gaps) > 2 * _PADDING_LOOP_MAX:
+        runs = np.array(gaps, dtype=np.int64).reshape(-1, 2)
+        starts, lens = runs[:, 0], runs[:, 1]
         # Indices of all padding bytes at once: a ragged arange.
         index = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
         bad = np.flatnonzero(np.frombuffer(rope.parts[0], dtype=np.uint8)[index])
@@ -420,6 +459,8 @@ def _check_padding(rope: Rope, gaps: list[tuple[int, int]]) -> None:
             return
         first = int(index[bad[0]])
         raise _fail(f"padding byte at offset {first} is not zero")
-    for start, n in gaps:
-        if rope.view(start, n) != ZEROS[:n]:
+    single = rope.parts[0] if len(rope.parts) == 1 else None
+    for k in range(0, len(gaps), 2):
+        start, n = gaps[k], gaps[k + 1]
+        if (single[start : start + n] if single is not None else rope.view(start, n)) != ZEROS[:n]:
             raise _fail(f"padding at bytes [{start}, {start + n}) is not zero")
