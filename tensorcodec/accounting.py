@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 
 from . import dtypes, wire
-from .arrays import leaf_from_torch
+from .arrays import leaf_from_torch, values
 from .codecs import Codec
 from .core import decode, encode
 from .policy import Policy, Precision
@@ -240,7 +240,7 @@ def _as_numpy(x: Any) -> np.ndarray[Any, Any]:
     leaf = leaf_from_torch(x)
     if leaf is None:
         raise TypeError(f"dtype {x.dtype} cannot be measured")
-    return leaf.data.view(leaf.dtype.numpy).reshape(leaf.shape)
+    return values(leaf).reshape(leaf.shape)
 
 
 def _add_quality(rep: Report, obj: Any, message: bytes) -> None:

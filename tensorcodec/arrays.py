@@ -23,7 +23,7 @@ import numpy as np
 from . import dtypes
 from .dtypes import DType
 
-__all__ = ["Leaf", "NUMPY", "TORCH", "SCALAR", "leaf_from_numpy", "leaf_from_torch", "Materializer"]
+__all__ = ["Leaf", "NUMPY", "TORCH", "SCALAR", "leaf_from_numpy", "leaf_from_torch", "values", "Materializer"]
 
 NUMPY, TORCH, SCALAR = 1, 2, 3
 """Leaf kinds; they double as the msgpack ext codes of tensor references."""
@@ -34,17 +34,23 @@ _NUMPY_NATIVE = frozenset(d.name for d in dtypes.DTYPES if d.numpy.type.__module
 
 # torch warns when it wraps memory it may not write; copy=False hands out such
 # views on purpose and says so in its documentation.
-warnings.filterwarnings("ignore", message=r"The given (NumPy array|buffer) is not writable", module=__name__)
+warnings.filterwarnings("ignore", message=r"The given (NumPy array|buffer) is not writable", module=r"tensorcodec\.")
 
 
 class Leaf(NamedTuple):
     kind: int
     dtype: DType
     shape: tuple[int, ...]
-    data: np.ndarray[Any, np.dtype[np.uint8]]
-    """Flat, C-contiguous, little-endian bytes of the tensor (empty for a pre-encoded one)."""
+    data: np.ndarray[Any, Any]
+    """C-contiguous little-endian bytes of the tensor: the array itself where numpy exports its buffer
+    (numpy's own dtypes), else a flat uint8 view; empty for a pre-encoded one. ``values`` reads it typed."""
     encoded: Any = None
     """A ``codecs.Quantized`` sent as it is, or None."""
+
+
+def values(leaf: Leaf) -> np.ndarray[Any, Any]:
+    """The leaf's elements as a flat array of its dtype (a view, no copy)."""
+    return leaf.data.reshape(-1).view(leaf.dtype.numpy)
 
 
 def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtype[np.uint8]]:

@@ -11,7 +11,18 @@ from typing import Any, Literal
 import numpy as np
 
 from . import dtypes, wire
-from .arrays import _LITTLE, NUMPY, SCALAR, TORCH, Leaf, Materializer, leaf_from_numpy, leaf_from_torch
+from .arrays import (
+    _LITTLE,
+    _NUMPY_NATIVE,
+    NUMPY,
+    SCALAR,
+    TORCH,
+    Leaf,
+    Materializer,
+    leaf_from_numpy,
+    leaf_from_torch,
+    values,
+)
 from .codecs import Codec, Encoded, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
@@ -71,7 +82,7 @@ def _encode_batches(
         if len(members) < 2:
             continue
         codec = chains[members[0]][0]  # type: ignore[index]
-        views = [leaves[i].data.view(leaves[i].dtype.numpy) for i in members]
+        views = [values(leaves[i]) for i in members]
         try:
             results = codec.encode_batch(views)
         except (TypeError, ValueError):
@@ -101,7 +112,7 @@ def _encode_leaf(
                 leaf = leaf_from_torch(device_tensor)  # type: ignore[assignment]
             if chain is None:
                 return [leaf.dtype.name, leaf.shape], [leaf.data]
-            stages, produced = encode_chain(chain, leaf.data.view(leaf.dtype.numpy))
+            stages, produced = encode_chain(chain, values(leaf))
     except (TypeError, ValueError) as e:
         raise type(e)(f"tensor {name!r}: {e}") from None
     described = []
@@ -131,19 +142,27 @@ def encode_frames(
     ``encode(obj)``, and ``decode`` accepts the list as it is. The frames alias
     the caller's tensors: keep those unchanged until the frames are sent.
     """
+    return _frames(obj, precision, policy, checksum, max_depth)[0]
+
+
+_PADDING = [memoryview(ZEROS)[:n] for n in range(ALIGN)]
+
+
+def _frames(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[list[Any], int]:
+    """The frames of ``encode_frames`` and their total size."""
     prefix, segments = _plan(obj, precision, policy, checksum, max_depth)
     frames: list[Any] = [prefix]
-    pad_source = memoryview(ZEROS)
+    append = frames.append
     pos = len(prefix)
     for seg in segments:
         n = seg.nbytes
         if n:
             pad = -pos % ALIGN
             if pad:
-                frames.append(pad_source[:pad])
-            frames.append(seg)
+                append(_PADDING[pad])
+            append(seg)
             pos += pad + n
-    return frames
+    return frames, pos
 
 
 def encode(
@@ -165,8 +184,7 @@ def encode(
     tensor's bytes are copied once, into the result. Raises TypeError naming
     the path of an object that cannot be encoded.
     """
-    frames = encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth)
-    size = sum(memoryview(f).nbytes for f in frames)
+    frames, size = _frames(obj, precision, policy, checksum, max_depth)
     if size >= _HUGE_BYTES_MIN:
         made = _fresh_bytes(size)
         if made is not None:
@@ -246,16 +264,20 @@ def encode_into(
 
     Raises ValueError, naming the size needed, when ``out`` is too small.
     """
-    frames = encode_frames(obj, precision=precision, policy=policy, checksum=checksum, max_depth=max_depth)
+    frames, size = _frames(obj, precision, policy, checksum, max_depth)
     dst = np.frombuffer(out, dtype=np.uint8)
     if dst.flags.writeable is False:
         raise ValueError("encode_into needs a writable buffer")
-    size = sum(memoryview(f).nbytes for f in frames)
     if size > dst.size:
         raise ValueError(f"buffer of {dst.size} bytes is too small: the message needs {size}")
     _copy_frames(frames, dst)
     return size
 
+
+_WRAPPABLE = frozenset(
+    ["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32", "float64"]
+)
+"""Dtypes whose numpy alignment equals their size, so that numpy's aligned flag vouches for torch's kernels."""
 
 _KINDS: dict[str | None, dict[int, int]] = {
     None: {NUMPY: NUMPY, TORCH: TORCH, SCALAR: SCALAR},
@@ -294,40 +316,65 @@ def decode(
     make = Materializer(copy, device)
     single = rope.parts[0] if len(rope.parts) == 1 else None
     cache: dict[int, Any] = {}
+    views: list[Any] = []
     ndarray = np.ndarray
-    plain_views = single is not None and not copy and _LITTLE
+    if single is not None and not copy and _LITTLE:
+        # The hot path: read-only views straight into the one message buffer, made in one sweep;
+        # torch tensors of numpy's own dtypes wrap them (cheaper than a strided view of a base).
+        # Other dtypes (bf16, fp8) usually go to torch through a strided view: their views wait until asked for.
+        views = [
+            ndarray(e.shape, e.dtype.numpy, single, offsets[e.first_segment])
+            if e.nbytes and not e.stages and (framework == "numpy" or e.dtype.name in _NUMPY_NATIVE)
+            else None
+            for e in entries
+        ]
+    from_numpy = _torch_from_numpy() if views and device is None and framework != "numpy" else None
 
     def tensor(index: int, sent_kind: int) -> Any:
         kind = kinds[sent_kind]
+        view = views[index] if views else None
+        if kind == NUMPY and views:
+            if view is not None:
+                return view
+            entry = entries[index]
+            if entry.nbytes and not entry.stages:
+                view = views[index] = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
+                return view
         key = index << 2 | kind
         value = cache.get(key)
-        if value is not None:
-            return value
+        if value is None:
+            value = cache[key] = materialize(index, kind, view)
+        return value
+
+    def materialize(index: int, kind: int, view: Any) -> Any:
         entry = entries[index]
         try:
             if entry.stages:
-                value = _decode_coded(entry, offsets, rope, make, kind)
-            elif plain_views and kind == NUMPY and entry.nbytes:
-                # The hot path: a read-only view straight into the one message buffer.
-                value = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
+                return _decode_coded(entry, offsets, rope, make, kind)
+            wrappable = view is not None and entry.dtype.name in _WRAPPABLE and view.flags.aligned
+            if wrappable and kind == TORCH and from_numpy is not None:
+                return from_numpy(view)
+            part: int | None = 0
+            if single is not None:
+                buf, offset = single, offsets[entry.first_segment]
             else:
-                part: int | None = 0
-                if single is not None:
-                    buf, offset = single, offsets[entry.first_segment]
-                else:
-                    buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
-                if kind == TORCH:
-                    value = make.torch(entry.dtype, entry.shape, entry.nbytes, buf, offset, part)
-                elif kind == NUMPY:
-                    value = make.numpy(entry.dtype, entry.shape, entry.nbytes, buf, offset)
-                else:
-                    value = make.scalar(entry.dtype, entry.shape, entry.nbytes, buf, offset)
+                buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
+            if kind == TORCH:
+                return make.torch(entry.dtype, entry.shape, entry.nbytes, buf, offset, part)
+            if kind == NUMPY:
+                return make.numpy(entry.dtype, entry.shape, entry.nbytes, buf, offset)
+            return make.scalar(entry.dtype, entry.shape, entry.nbytes, buf, offset)
         except TypeError as e:
             raise DecodeError(f"tensor {index}: {e}") from None
-        cache[key] = value
-        return value
 
     return unflatten(header.tree, tensor, len(entries), limits.max_depth)
+
+
+@functools.cache
+def _torch_from_numpy() -> Any:
+    import torch
+
+    return torch.from_numpy
 
 
 def _decode_coded(entry: wire.Entry, offsets: list[int], rope: Rope, make: Materializer, kind: int) -> Any:

@@ -56,20 +56,23 @@ def format_path(path: list[Any]) -> str:
     return "root" + "".join(f"[{p!r}]" for p in path)
 
 
-_PAYLOADS: list[bytes] = []
 _EMPTY = np.empty(0, dtype=np.uint8)
+_REFS: dict[int, list[msgpack.ExtType]] = {NUMPY: [], TORCH: [], SCALAR: []}
+"""Interned references to the first table entries, by kind (msgpack's own ExtType constructor is slow)."""
 
 
 def _ref(kind: int, index: int) -> msgpack.ExtType:
-    """ExtType referring to a table entry; payloads are interned (msgpack's own constructor is slow)."""
-    if index < len(_PAYLOADS):
-        payload = _PAYLOADS[index]
-    elif index < 0x10000:
-        _PAYLOADS.extend(i.to_bytes(1 if i < 0x100 else 2, "little") for i in range(len(_PAYLOADS), index + 1))
-        payload = _PAYLOADS[index]
-    else:
-        payload = index.to_bytes(4, "little")
-    return tuple.__new__(msgpack.ExtType, (kind, payload))
+    """ExtType referring to table entry ``index``: a 1, 2 or 4-byte little-endian payload."""
+    refs = _REFS[kind]
+    if index < len(refs):
+        return refs[index]
+    if index < 0x10000:
+        refs.extend(
+            tuple.__new__(msgpack.ExtType, (kind, i.to_bytes(1 if i < 0x100 else 2, "little")))
+            for i in range(len(refs), index + 1)
+        )
+        return refs[index]
+    return tuple.__new__(msgpack.ExtType, (kind, index.to_bytes(4, "little")))
 
 
 class _Flattener:
@@ -174,7 +177,12 @@ class _Flattener:
         leaf: Leaf | None
         if row is not None and row.name in _NUMPY_NATIVE and obj.flags.c_contiguous and _LITTLE:
             # The common case in a few attribute reads: a native-endian contiguous array.
-            leaf = tuple.__new__(Leaf, (NUMPY, row, obj.shape, np.frombuffer(obj, np.uint8), None))
+            index = len(self.leaves)
+            self.leaves.append(tuple.__new__(Leaf, (NUMPY, row, obj.shape, obj if obj.size else _EMPTY, None)))
+            if self.names is not None:
+                self.names.append(".".join(self._path))
+            refs = _REFS[NUMPY]
+            return refs[index] if index < len(refs) else _ref(NUMPY, index)
         else:
             leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
         return self._add(leaf, obj, NUMPY)
@@ -201,31 +209,31 @@ class _Flattener:
                     ):
                         return _ref(TORCH, index)
                 same_ptr.append((obj, len(self.leaves)))
+        row = self._by_torch.get(obj.dtype)
+        if row is not None and row.name in _NUMPY_NATIVE and _LITTLE:
+            # The common case cheaply: a contiguous CPU tensor of a dtype numpy has.
+            try:
+                arr = obj.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
+            except (RuntimeError, TypeError):
+                arr = None
+            if arr is not None and arr.flags.c_contiguous:
+                index = len(self.leaves)
+                self.leaves.append(tuple.__new__(Leaf, (TORCH, row, arr.shape, arr if arr.size else _EMPTY, None)))
+                if self.names is not None:
+                    self.names.append(".".join(self._path))
+                refs = _REFS[TORCH]
+                return refs[index] if index < len(refs) else _ref(TORCH, index)
+        leaf: Leaf | None
         if self.devices is not None and obj.device.type not in ("cpu", "meta"):
             leaf = _device_leaf(obj)
             if leaf is not None:
                 self.devices[len(self.leaves)] = obj
         else:
-            leaf = self._plain_torch_leaf(obj)
-            if leaf is None:
-                try:
-                    leaf = leaf_from_torch(obj)
-                except TypeError as e:
-                    raise _PathError(TypeError, str(e)) from None
+            try:
+                leaf = leaf_from_torch(obj)
+            except TypeError as e:
+                raise _PathError(TypeError, str(e)) from None
         return self._add(leaf, obj, TORCH)
-
-    def _plain_torch_leaf(self, t: Any) -> Leaf | None:
-        """The common case cheaply: a contiguous CPU tensor of a dtype numpy has (None: take the general path)."""
-        row = self._by_torch.get(t.dtype)
-        if row is None or row.name not in _NUMPY_NATIVE or not _LITTLE:
-            return None
-        try:
-            arr = t.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
-        except (RuntimeError, TypeError):
-            return None
-        if not arr.flags.c_contiguous:
-            return None
-        return tuple.__new__(Leaf, (TORCH, row, arr.shape, np.frombuffer(arr, np.uint8), None))
 
     def _add(self, leaf: Leaf | None, obj: Any, kind: int) -> msgpack.ExtType:
         if leaf is None:
@@ -298,6 +306,7 @@ def unflatten(
     that the tree never references.
     """
     referenced = bytearray(n_tensors)
+    from_bytes = int.from_bytes
 
     def pairs(items: list[tuple[Any, Any]]) -> dict[str, Any]:
         d = dict(items)
@@ -311,10 +320,11 @@ def unflatten(
         return d
 
     def ext(code: int, payload: bytes) -> Any:
-        if code in _TENSOR_EXTS:
-            if len(payload) not in (1, 2, 4):
-                raise DecodeError(f"tree: tensor reference of {len(payload)} bytes (expected 1, 2 or 4)")
-            index = int.from_bytes(payload, "little")
+        if 1 <= code <= 3:  # a tensor reference (_TENSOR_EXTS)
+            size = len(payload)
+            if size != 1 and size != 2 and size != 4:
+                raise DecodeError(f"tree: tensor reference of {size} bytes (expected 1, 2 or 4)")
+            index = from_bytes(payload, "little")
             if index >= n_tensors:
                 raise DecodeError(f"tree: reference to tensor {index}, but the table has {n_tensors}")
             referenced[index] = 1
@@ -352,6 +362,10 @@ def unflatten(
     return tree
 
 
+_LEAF_TYPES = frozenset({str, int, float, bool, bytes, bytearray, type(None), np.ndarray})
+"""Decoded values that ``_finish`` passes over at once (anything else not a container is passed over too)."""
+
+
 class _Tuple(list):  # type: ignore[type-arg]
     """Marks a decoded tuple until _finish converts it (msgpack builds bottom-up)."""
 
@@ -375,12 +389,16 @@ def _finish(tree: Any, max_depth: int, expand: Callable[[bytes], _Tuple]) -> Any
     holder = [tree]
     stack: list[tuple[Any, int]] = [(holder, -1)]
     fixups: list[tuple[Any, Any, _Tuple]] = []
+    timestamp = msgpack.Timestamp
     while stack:
         node, depth = stack.pop()
         if depth >= max_depth:
             raise DecodeError(f"tree: nesting deeper than max_depth={max_depth}")
-        for k, v in list(node.items()) if type(node) is dict else enumerate(node):
+        # Assigning to existing keys while iterating is safe: the dict's size never changes.
+        for k, v in node.items() if type(node) is dict else enumerate(node):
             tv = type(v)
+            if tv in _LEAF_TYPES:
+                continue
             if tv is _TuplePayload:
                 v = node[k] = expand(v.payload)
                 tv = _Tuple
@@ -388,7 +406,7 @@ def _finish(tree: Any, max_depth: int, expand: Callable[[bytes], _Tuple]) -> Any
                 stack.append((v, depth + 1))
                 if tv is _Tuple:
                     fixups.append((node, k, v))
-            elif tv is msgpack.Timestamp:
+            elif tv is timestamp:
                 raise DecodeError("tree: msgpack timestamp (ext type -1) is not a tensorcodec type")
     # Innermost first, so that a tuple's items are final before it is frozen.
     for parent, key, marker in reversed(fixups):
