@@ -318,10 +318,11 @@ def decode(
     cache: dict[int, Any] = {}
     views: list[Any] = []
     ndarray = np.ndarray
-    if single is not None and not copy and _LITTLE:
+    if single is not None and _LITTLE:
         # The hot path: read-only views straight into the one message buffer, made in one sweep;
-        # torch tensors of numpy's own dtypes wrap them (cheaper than a strided view of a base).
-        # Other dtypes (bf16, fp8) usually go to torch through a strided view: their views wait until asked for.
+        # copy=True copies them, and torch tensors of numpy's own dtypes wrap them (cheaper than a
+        # strided view of a base or a clone). Other dtypes (bf16, fp8) usually go to torch through
+        # a strided view: their views wait until asked for.
         views = [
             ndarray(e.shape, e.dtype.numpy, single, offsets[e.first_segment])
             if e.nbytes and not e.stages and (framework == "numpy" or e.dtype.name in _NUMPY_NATIVE)
@@ -334,11 +335,11 @@ def decode(
         kind = kinds[sent_kind]
         view = views[index] if views else None
         if kind == NUMPY and views:
-            if view is not None:
-                return view
-            entry = entries[index]
-            if entry.nbytes and not entry.stages:
-                view = views[index] = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
+            if view is None:
+                entry = entries[index]
+                if entry.nbytes and not entry.stages:
+                    view = views[index] = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
+            if view is not None and not copy:
                 return view
         key = index << 2 | kind
         value = cache.get(key)
@@ -351,9 +352,11 @@ def decode(
         try:
             if entry.stages:
                 return _decode_coded(entry, offsets, rope, make, kind)
-            wrappable = view is not None and entry.dtype.name in _WRAPPABLE and view.flags.aligned
-            if wrappable and kind == TORCH and from_numpy is not None:
-                return from_numpy(view)
+            if view is not None:
+                if kind == NUMPY:
+                    return view.copy()  # (copy=True: views were returned as they are)
+                if kind == TORCH and from_numpy is not None and entry.dtype.name in _WRAPPABLE and view.flags.aligned:
+                    return from_numpy(view.copy() if copy else view)
             part: int | None = 0
             if single is not None:
                 buf, offset = single, offsets[entry.first_segment]
