@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -202,6 +203,40 @@ class Materializer:
         if self.device is not None:
             t = t.to(self.device)
         return t
+
+    def strided_view(self, buf: Any) -> Callable[[DType, tuple[int, ...], int], Any]:
+        """A function making read-only torch views of tensors at element-aligned offsets of ``buf``.
+
+        It returns None where it cannot (misaligned buffer, no torch dtype); ``torch`` then does the work.
+        """
+        bases: dict[DType, Any] = {}
+
+        def view(row: DType, shape: tuple[int, ...], offset: int) -> Any:
+            base = bases.get(row)
+            if base is None:
+                base = bases[row] = self._aligned_base(row, buf)
+            if base is _NO_BASE or offset % row.itemsize:
+                return None
+            n = len(shape)
+            if n == 2:
+                strides: tuple[int, ...] = (shape[1], 1)
+            elif n == 1:
+                strides = (1,)
+            else:
+                got = self._strides.get(shape)
+                strides = got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
+            return base.as_strided(shape, strides, offset // row.itemsize)
+
+        return view
+
+    def _aligned_base(self, row: DType, buf: Any) -> Any:
+        try:
+            base = self._torch_base(row, buf, 1)
+        except TypeError:
+            return _NO_BASE
+        if base is not _NO_BASE and base.data_ptr() % row.itemsize:
+            return _NO_BASE
+        return base
 
     def _torch_base(self, row: DType, buf: Any, nbytes: int) -> Any:
         """One typed tensor over all of ``buf``, from which tensors are strided views."""

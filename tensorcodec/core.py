@@ -330,6 +330,7 @@ def decode(
             for e in entries
         ]
     from_numpy = _torch_from_numpy() if views and device is None and framework != "numpy" else None
+    strided = make.strided_view(single) if single is not None and not copy and device is None else None
 
     def tensor(index: int, sent_kind: int) -> Any:
         kind = kinds[sent_kind]
@@ -360,6 +361,10 @@ def decode(
             part: int | None = 0
             if single is not None:
                 buf, offset = single, offsets[entry.first_segment]
+                if kind == TORCH and strided is not None and entry.nbytes:
+                    t = strided(entry.dtype, entry.shape, offset)
+                    if t is not None:
+                        return t
             else:
                 buf, offset, part = rope.locate(offsets[entry.first_segment], entry.nbytes)
             if kind == TORCH:
