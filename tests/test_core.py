@@ -420,6 +420,8 @@ def test_torch_tensors_are_aligned_whatever_the_buffer(lead: int, copy: bool) ->
         "c": torch.randn(5, dtype=torch.complex128),
         "d": torch.arange(9, dtype=torch.float64),
         "h": torch.ones(3, dtype=torch.float16),
+        "b": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3),
+        "i": torch.arange(7, dtype=torch.int32),
     }
     message = tc.encode(tree)
     shifted = memoryview(bytearray(lead) + message)[lead:]
