@@ -1,10 +1,11 @@
 """Speed of tensorcodec.kernels against bitsandbytes on CPU, in the same run (run by hand).
 
-    .venv/bin/python benchmarks/bench_kernels.py [--mb 64] [--repeat 3] [--threads N]
+    .venv/bin/python benchmarks/bench_kernels.py [--mb 64] [--repeat 3] [--threads N] [--numpy]
 
 Throughput is GB of *source* tensor per second (a bf16 tensor of 64 MB counts 64 MB for every
 operation, dequantization included). The machine's load matters: compare the ratio column, which
-is measured in the same run, rather than absolute figures across runs.
+is measured in the same run, rather than absolute figures across runs. The kernels run in the C
+accelerator when it is built; ``--numpy`` measures the numpy kernels instead.
 """
 
 from __future__ import annotations
@@ -124,8 +125,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per measurement, best kept (default 3)")
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: one per CPU)")
     ap.add_argument("--no-bnb", action="store_true", help="skip bitsandbytes")
+    ap.add_argument("--numpy", action="store_true", help="the numpy kernels, not the C accelerator")
     args = ap.parse_args()
     K.set_num_threads(args.threads)
+    if args.numpy:
+        K.set_native(False)
     F = None
     if not args.no_bnb:
         try:
@@ -133,7 +137,8 @@ def main() -> None:
         except ImportError:
             print("bitsandbytes is not installed: our figures only")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"kernel threads: {K.get_num_threads()}, CPUs: {os.cpu_count()}, load average: {load:.2f}")
+    impl = "C accelerator" if K.native_enabled() else "numpy"
+    print(f"kernels: {impl}, threads: {K.get_num_threads()}, CPUs: {os.cpu_count()}, load average: {load:.2f}")
     for dtype in (BF16, np.dtype(np.float32)):
         large(dtype, args.mb, args.repeat, F)
     for dtype in (BF16,):

@@ -4,11 +4,17 @@ The kernels give the same codes and absmax as ``bitsandbytes.functional.quantize
 ``quantize_4bit`` (with and without ``compress_statistics``, nested state included) run on CPU, and
 dequantize to the same bits as its dequantize functions, without bitsandbytes at run time. Inputs
 are flat arrays (the caller owns shapes; other shapes are read in C order) of float32, float16 or
-bfloat16 (``ml_dtypes``). The numpy kernels work in cache-sized chunks on a small thread pool
-(numpy releases the GIL); the ``*_batch`` functions take many small tensors in one pass, where a
-call per tensor would be dominated by Python overhead. The ``*_torch`` functions take tensors on any
-device: CPU tensors go through the numpy kernels, others through torch ops doing the same float32
-arithmetic (``impl="torch"`` forces those, to test them on CPU).
+bfloat16 (``ml_dtypes``). The kernels run on a small thread pool in chunks; the ``*_batch``
+functions take many small tensors in one pass, where a call per tensor would be dominated by Python
+overhead. The ``*_torch`` functions take tensors on any device: CPU tensors go through these
+kernels, others through torch ops doing the same float32 arithmetic (``impl="torch"`` forces those,
+to test them on CPU).
+
+Each kernel has two implementations with bit-identical results: the C accelerator
+``tensorcodec._native`` (built at install when a C compiler is there; it does a block in one pass
+where numpy needs many) and numpy (always there). The accelerator is used when it was built, unless
+the environment variable ``TENSORCODEC_NATIVE=0`` was set at import; :func:`set_native` switches at
+run time.
 
 What bitsandbytes 0.50 does on CPU, and so what these kernels do (from its source, each rule
 checked against it in ``tests/test_kernels.py``):
@@ -50,9 +56,11 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any, Literal
 
 import ml_dtypes
@@ -63,6 +71,11 @@ if TYPE_CHECKING:
     from torch import Tensor
 else:
     Tensor = Any
+
+try:
+    from . import _native
+except ImportError:  # built without a C compiler: numpy does everything
+    _native = None  # type: ignore[assignment]
 
 __all__ = [
     "dequantize_4bit_batch",
@@ -82,12 +95,15 @@ __all__ = [
     "dynamic_map",
     "error_bound",
     "get_num_threads",
+    "NATIVE_AVAILABLE",
+    "native_enabled",
     "quantize_4bit",
     "quantize_4bit_torch",
     "quantize_absmax",
     "quantize_absmax_torch",
     "quantize_blockwise8",
     "quantize_blockwise8_torch",
+    "set_native",
     "set_num_threads",
 ]
 
@@ -99,6 +115,7 @@ QuantType = Literal["nf4", "fp4"]
 _F32 = np.dtype(np.float32)
 _F16 = np.dtype(np.float16)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+_U8 = np.dtype(np.uint8)
 _SOURCE_DTYPES = (_F32, _F16, _BF16)
 
 #: Block sizes bitsandbytes accepts for 4-bit (its CPU path accepts the same list as CUDA).
@@ -449,6 +466,139 @@ def _check_blocksize(blocksize: int) -> int:
     return int(blocksize)
 
 
+# ------------------------------------------------------------------------------------------------ native
+
+NATIVE_AVAILABLE: bool = _native is not None
+"""Whether the C accelerator ``tensorcodec._native`` was built (else only the numpy kernels exist)."""
+
+_use_native = NATIVE_AVAILABLE and os.environ.get("TENSORCODEC_NATIVE", "1") != "0"
+_KIND = {_F32: 0, _F16: 1, _BF16: 2}  # element kinds as _native numbers them
+_NATIVE_CHUNK = 1 << 20  # most elements per C call when work is split between threads
+_NATIVE_PARALLEL_MIN = 1 << 18  # below this many elements one thread is faster (a hand-off costs ~50 µs)
+
+
+def set_native(enabled: bool) -> None:
+    """Run the kernels in the C accelerator (``True``) or in numpy (``False``); the results are identical.
+
+    The default is the accelerator when it was built, unless ``TENSORCODEC_NATIVE=0`` was set at
+    import. Raises RuntimeError when asked for an accelerator that was not built.
+    """
+    global _use_native
+    if enabled and not NATIVE_AVAILABLE:
+        raise RuntimeError("tensorcodec._native was not built (no C compiler at install?): only numpy is available")
+    _use_native = bool(enabled)
+
+
+def native_enabled() -> bool:
+    """Whether the kernels run in the C accelerator (see :func:`set_native`)."""
+    return _use_native
+
+
+def _native_blocks(nblocks: int, blocksize: int, call: Callable[[int, int], None]) -> None:
+    """Run the C kernel ``call(first_block, end_block)`` over all blocks, at once or in chunks taken by the threads.
+
+    The C kernels release the GIL, so chunks run in parallel; taking chunks from a shared queue
+    keeps both cores busy when one is slowed by other load.
+    """
+    n = nblocks * blocksize
+    threads = get_num_threads()
+    if threads == 1 or n < _NATIVE_PARALLEL_MIN or nblocks < 2:
+        call(0, nblocks)
+        return
+    per = max(1, min(_NATIVE_CHUNK, n // (2 * threads)) // blocksize)  # two chunks a thread or more
+    chunks = iter(range(0, nblocks, per))
+    lock = threading.Lock()
+
+    def run() -> None:
+        while True:
+            with lock:
+                b = next(chunks, None)
+            if b is None:
+                return
+            call(b, min(nblocks, b + per))
+
+    futures = [_executor().submit(run) for _ in range(threads - 1)]
+    run()
+    for f in futures:
+        f.result()
+
+
+def _native_spans(ends: list[int], call: Callable[[int, int], None]) -> None:
+    """Run ``call(i, j)`` over items ``[i, j)`` of a batch in spans of about equal work, one per thread.
+
+    ``ends`` holds the cumulative work (elements) of the items, starting with 0.
+    """
+    count, total = len(ends) - 1, ends[-1]
+    threads = min(get_num_threads(), count)
+    if threads <= 1 or total < _NATIVE_PARALLEL_MIN:
+        call(0, count)
+        return
+    cuts = sorted({0, count, *(bisect_left(ends, total * k // threads) for k in range(1, threads))})
+    spans = list(pairwise(cuts))
+    futures = [_executor().submit(call, i, j) for i, j in spans[1:]]
+    call(*spans[0])
+    for f in futures:
+        f.result()
+
+
+def _q8_native(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
+    codes = np.empty(a.size, dtype=np.uint8)
+    absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
+    kind = _KIND[a.dtype]
+    _native_blocks(absmax.size, bs, lambda b0, b1: _native.quantize8(a, kind, bs, lut.lut, codes, absmax, b0, b1))
+    return codes, absmax
+
+
+def _q4_native(a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
+    packed = np.empty((a.size + 1) // 2, dtype=np.uint8)
+    absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
+    kind = _KIND[a.dtype]
+
+    def call(b0: int, b1: int) -> None:
+        _native.quantize4(a, kind, bs, table.grid, table.bounds, table.order, packed, absmax, b0, b1)
+
+    _native_blocks(absmax.size, bs, call)
+    return packed, absmax
+
+
+def _q_batch_native(
+    arrays: list[AnyArray],
+    bs: int,
+    four_bit: bool,
+    single: Callable[[AnyArray], tuple[U8Array, F32Array]],
+    tables: tuple[AnyArray, ...],
+) -> list[tuple[U8Array, F32Array]]:
+    """Many tensors in one C call per thread, laid end to end in shared outputs (the results are views)."""
+    sizes = [a.size for a in arrays]
+    if sizes and max(sizes) > _NATIVE_CHUNK:  # a large tensor alone, split between the threads by ``single``
+        out = [single(a) if a.size > _NATIVE_CHUNK else None for a in arrays]
+        small = [i for i, r in enumerate(out) if r is None]
+        for i, r in zip(small, _q_batch_native([arrays[i] for i in small], bs, four_bit, single, tables), strict=True):
+            out[i] = r
+        return [r for r in out if r is not None]
+    nbs = [-(-n // bs) for n in sizes]
+    ends = list(accumulate(sizes, initial=0))
+    bends = list(accumulate(nbs, initial=0))
+    cends = list(accumulate([(n + 1) // 2 for n in sizes], initial=0)) if four_bit else ends
+    codes = np.empty(cends[-1], dtype=np.uint8)
+    absmax = np.empty(bends[-1], dtype=np.float32)
+    kinds = bytes([_KIND[a.dtype] for a in arrays])
+    fn: Callable[..., None] = _native.quantize4_batch if four_bit else _native.quantize8_batch
+
+    def call(i: int, j: int) -> None:
+        fn(arrays[i:j], kinds[i:j], bs, *tables, codes[cends[i] : cends[j]], absmax[bends[i] : bends[j]])
+
+    _native_spans(ends, call)
+    return [(codes[c0:c1], absmax[b0:b1]) for (c0, c1), (b0, b1) in zip(pairwise(cends), pairwise(bends), strict=True)]
+
+
+def _flat(a: Any, dtype: np.dtype[Any]) -> AnyArray:
+    """A flat C-contiguous array of ``dtype`` (copying only when needed)."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(np.asarray(a, dtype=dtype).reshape(-1))
+
+
 # ------------------------------------------------------------------------------------------------ 8-bit
 
 _SMALL = 1 << 15  # up to this many elements a tensor is done in one go on the calling thread
@@ -494,14 +644,16 @@ _NO_ERRSTATE = _NoErrstate()
 
 def _block_absmax(ax: F32Array, lay: _Layout, nan_ignoring: bool) -> F32Array:
     """Max of |x| per block of a layout (NaN ignored like the 8-bit C kernel, or propagated like torch)."""
-    if len(lay.starts) == 1:
-        m = np.fmax.reduce(ax) if nan_ignoring else ax.max()
-        am = np.array([m], dtype=np.float32)
-    else:
-        am = (np.fmax if nan_ignoring else np.maximum).reduceat(ax, lay.starts)
     if nan_ignoring:
-        np.fmax(am, np.float32(0.0), out=am)  # an all-NaN block has absmax 0
-    return am
+        ax = _nan_to_zero(ax)  # an all-NaN block has absmax 0
+    if len(lay.starts) == 1:
+        return np.array([ax.max()], dtype=np.float32)
+    return np.maximum.reduceat(ax, lay.starts)
+
+
+def _nan_to_zero(ax: F32Array) -> F32Array:
+    """|x| with NaN as 0, for a max that ignores NaN (np.fmax does not ignore a signalling NaN everywhere)."""
+    return np.where(np.isnan(ax), np.float32(0.0), ax)
 
 
 def _per_element(v: AnyArray, lay: _Layout) -> Any:
@@ -632,6 +784,8 @@ def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = N
     a = _as_source(x)
     bs = _check_blocksize(blocksize)
     lut = _lut8(code)
+    if _use_native:
+        return _q8_native(a, bs, lut)
     n = a.size
     codes = np.empty(n, dtype=np.uint8)
     absmax = np.empty(_nblocks(n, bs), dtype=np.float32)
@@ -655,6 +809,8 @@ def quantize_blockwise8_batch(
     arrays = [_as_source(x) for x in xs]
     bs = _check_blocksize(blocksize)
     lut = _lut8(code)
+    if _use_native:
+        return _q_batch_native(arrays, bs, False, lambda a: _q8_native(a, bs, lut), (lut.lut,))
     out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
 
     def group(idx: list[int]) -> None:
@@ -701,7 +857,7 @@ def _q8_one(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
     """One small tensor in few numpy calls (the same arithmetic as the chunked path)."""
     xf = _to_f32(a, np.empty(a.size, dtype=np.float32))
     ax = np.abs(xf)
-    am = _blockwise(ax, bs, _fmax_rows, _fmax_all)  # NaN ignored, as the C kernel does
+    am = _blockwise(_nan_to_zero(ax), bs, _max_rows, _max_all)  # NaN ignored, as the C kernel does
     c = np.empty_like(xf)
     if am.min() >= np.float32(2.0**-126) and am.max() < np.inf and ax.max() < np.inf:  # also: no NaN
         _scaled(xf, np.float32(1.0) / am, bs, c)
@@ -715,14 +871,6 @@ def _q8_one(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
     zero = np.repeat(am == 0, bs)[: a.size]
     codes[zero] = 0  # the C kernel's special case: all-zero (or all-NaN) block
     return codes, am
-
-
-def _fmax_rows(v: AnyArray) -> AnyArray:
-    return np.fmax.reduce(v, axis=1, initial=np.float32(0.0))  # type: ignore[no-any-return]
-
-
-def _fmax_all(v: AnyArray) -> Any:
-    return np.fmax.reduce(v, initial=np.float32(0.0))
 
 
 def _max_rows(v: AnyArray) -> AnyArray:
@@ -776,7 +924,7 @@ def _q8_blocks(x: AnyArray, bs: int, lut: _Lut8, codes: U8Array, absmax: F32Arra
         am = am.copy()
         for b in np.flatnonzero(has_nan):
             xb = _to_f32(x[b * bs : (b + 1) * bs], np.empty(min(bs, n - int(b) * bs), dtype=np.float32))
-            am[b] = np.fmax.reduce(np.abs(xb), initial=np.float32(0.0))  # NaN ignored, as the C kernel does
+            am[b] = _nan_to_zero(np.abs(xb)).max()  # NaN ignored, as the C kernel does
     absmax[:] = am
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.float32(1.0) / am
@@ -814,8 +962,8 @@ def dequantize_blockwise8(
     codes: Any, absmax: Any, blocksize: int = 4096, dtype: Any = np.float32, code: AnyArray | None = None
 ) -> AnyArray:
     """Values of 8-bit codes: ``code[q] * absmax`` in float32, rounded to nearest-even into ``dtype``."""
-    q = np.ascontiguousarray(np.asarray(codes, dtype=np.uint8).reshape(-1))
-    am = np.ascontiguousarray(np.asarray(absmax, dtype=np.float32).reshape(-1))
+    q = _flat(codes, _U8)
+    am = _flat(absmax, _F32)
     bs = _check_blocksize(blocksize)
     out_dtype = _out_dtype(dtype)
     n = q.size
@@ -824,6 +972,10 @@ def dequantize_blockwise8(
         raise ValueError(f"{n} codes in blocks of {bs} need {nb} absmax values, got {am.size}")
     lut = _lut8(code)
     out = np.empty(n, dtype=out_dtype)
+    if _use_native:
+        kind = _KIND[out_dtype]
+        _native_blocks(nb, bs, lambda b0, b1: _native.dequantize8(q, am, bs, lut.code, out, kind, b0, b1))
+        return out
     if n <= _SMALL:
         if n:
             _dq8_blocks(q, am, bs, lut, out)
@@ -841,18 +993,28 @@ def dequantize_blockwise8_batch(
     """:func:`dequantize_blockwise8` of many ``(codes, absmax)`` pairs at once; same results (views into one buffer)."""
     bs = _check_blocksize(blocksize)
     out_dtype = _out_dtype(dtype)
-    qs = [np.ascontiguousarray(np.asarray(c, dtype=np.uint8).reshape(-1)) for c, _ in items]
-    ams = [np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(-1)) for _, a in items]
+    qs = [_flat(c, _U8) for c, _ in items]
+    ams = [_flat(a, _F32) for _, a in items]
     for q, am in zip(qs, ams, strict=True):
         if am.size != _nblocks(q.size, bs):
             raise ValueError(f"{q.size} codes in blocks of {bs} need {_nblocks(q.size, bs)} absmax values")
     if not qs:
         return []
-    lay = _Layout([q.size for q in qs], bs, even=False)
     table = _lut8(code).code
+    if _use_native:
+        ends = list(accumulate([q.size for q in qs], initial=0))
+        out = np.empty(ends[-1], dtype=out_dtype)
+        kind = _KIND[out_dtype]
+
+        def call(i: int, j: int) -> None:
+            _native.dequantize8_batch(qs[i:j], ams[i:j], bs, table, out[ends[i] : ends[j]], kind)
+
+        _native_spans(ends, call)
+        return [out[o:e] for o, e in pairwise(ends)]
+    lay = _Layout([q.size for q in qs], bs, even=False)
     with np.errstate(all="ignore"):
         v = np.take(table, np.concatenate(qs), mode="clip") * _per_element(np.concatenate(ams), lay)
-    out = _cast_f32(v, out_dtype)
+        out = _cast_f32(v, out_dtype)
     return [out[o : o + q.size] for q, o in zip(qs, lay.offsets.tolist(), strict=True)]
 
 
@@ -920,6 +1082,8 @@ def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple
     """
     table, bs = _check_4bit(quant_type, blocksize)
     a = _as_source(x)
+    if _use_native:
+        return _q4_native(a, bs, table)
     n = a.size
     if n == 0:
         return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.float32)
@@ -945,6 +1109,9 @@ def quantize_4bit_batch(
     """
     table, bs = _check_4bit(quant_type, blocksize)
     arrays = [_as_source(x) for x in xs]
+    if _use_native:
+        tables = (table.grid, table.bounds, table.order)
+        return _q_batch_native(arrays, bs, True, lambda a: _q4_native(a, bs, table), tables)
     out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
 
     def group(idx: list[int]) -> None:
@@ -1070,12 +1237,16 @@ def dequantize_4bit(
 ) -> AnyArray:
     """Values of ``n`` packed 4-bit codes: ``table[q] * absmax`` in float32, rounded to nearest-even into ``dtype``."""
     table, bs = _check_4bit(quant_type, blocksize)
-    p = np.ascontiguousarray(np.asarray(packed, dtype=np.uint8).reshape(-1))
-    am = np.ascontiguousarray(np.asarray(absmax, dtype=np.float32).reshape(-1))
+    p = _flat(packed, _U8)
+    am = _flat(absmax, _F32)
     out_dtype = _out_dtype(dtype)
     n = int(n)
     _check_4bit_sizes(p, am, n, bs)
     out = np.empty(n, dtype=out_dtype)
+    if _use_native:
+        kind = _KIND[out_dtype]
+        _native_blocks(am.size, bs, lambda b0, b1: _native.dequantize4(p, am, bs, table.values, out, kind, b0, b1))
+        return out
     if n <= _SMALL:
         if n:
             _dq4_blocks(p, am, bs, table, out)
@@ -1100,19 +1271,29 @@ def dequantize_4bit_batch(
     """:func:`dequantize_4bit` of many ``(packed, absmax, n)`` at once; same results (views into one buffer)."""
     table, bs = _check_4bit(quant_type, blocksize)
     out_dtype = _out_dtype(dtype)
-    ps = [np.ascontiguousarray(np.asarray(p, dtype=np.uint8).reshape(-1)) for p, _, _ in items]
-    ams = [np.ascontiguousarray(np.asarray(a, dtype=np.float32).reshape(-1)) for _, a, _ in items]
+    ps = [_flat(p, _U8) for p, _, _ in items]
+    ams = [_flat(a, _F32) for _, a, _ in items]
     ns = [int(n) for _, _, n in items]
     for p, am, n in zip(ps, ams, ns, strict=True):
         _check_4bit_sizes(p, am, n, bs)
     if not ps:
         return []
+    if _use_native:
+        ends = list(accumulate(ns, initial=0))
+        out = np.empty(ends[-1], dtype=out_dtype)
+        kind = _KIND[out_dtype]
+
+        def call(i: int, j: int) -> None:
+            _native.dequantize4_batch(ps[i:j], ams[i:j], ns[i:j], bs, table.values, out[ends[i] : ends[j]], kind)
+
+        _native_spans(ends, call)
+        return [out[o:e] for o, e in pairwise(ends)]
     lay = _Layout(ns, bs, even=True)
     with np.errstate(all="ignore"):
         v = np.take(table.pairs, np.concatenate(ps), mode="clip").view(np.float32) * _per_element(
             np.concatenate(ams), lay
         )
-    out = _cast_f32(v, out_dtype)
+        out = _cast_f32(v, out_dtype)
     return [out[o : o + n] for n, o in zip(ns, lay.offsets.tolist(), strict=True)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -25,3 +26,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # torch warns on every read-only buffer it wraps (copy=False does so on purpose) and on any complex32 use.
     config.addinivalue_line("filterwarnings", "ignore:The given (NumPy array|buffer) is not writable:UserWarning")
     config.addinivalue_line("filterwarnings", "ignore:ComplexHalf support is experimental:UserWarning")
+
+
+@pytest.fixture(scope="module", params=["native", "numpy"])
+def kernel_impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test with the C accelerator and again with the numpy kernels (module scope: hypothesis-safe)."""
+    from tensorcodec import kernels
+
+    if request.param == "native" and not kernels.NATIVE_AVAILABLE:
+        pytest.skip("tensorcodec._native is not built (no C compiler at install?)")
+    before = kernels.native_enabled()
+    kernels.set_native(request.param == "native")
+    try:
+        yield str(request.param)
+    finally:
+        kernels.set_native(before)

@@ -667,12 +667,14 @@ def test_minmax_round_trip(codec: MinMax, x: Any) -> None:
     check(codec, x)
 
 
+@pytest.mark.usefixtures("kernel_impl")  # with the C accelerator and with numpy
 @settings(max_examples=30)
 @given(codec=st.sampled_from(BLOCKWISE8_CODECS), x=tensors(cap=F32_MAX, max_size=300))
 def test_blockwise8_round_trip(codec: Blockwise8, x: Any) -> None:
     check(codec, x)
 
 
+@pytest.mark.usefixtures("kernel_impl")  # with the C accelerator and with numpy
 @settings(max_examples=30)
 @given(codec=st.sampled_from(QUANT4_CODECS), x=tensors(cap=F32_MAX / 1e6, max_size=300))
 def test_quant4_round_trip(codec: Quant4, x: Any) -> None:

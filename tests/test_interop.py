@@ -15,6 +15,8 @@ with warnings.catch_warnings():
     F = pytest.importorskip("bitsandbytes.functional")
 from tensorcodec.interop import from_bitsandbytes, to_bitsandbytes  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("kernel_impl")  # with the C accelerator and with numpy
+
 
 def _bits(t: object) -> bytes:
     return bytes(np.ascontiguousarray(t.contiguous().view(torch.uint8).numpy()))  # type: ignore[attr-defined]

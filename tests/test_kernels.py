@@ -1,7 +1,8 @@
 """tensorcodec.kernels against bitsandbytes 0.50 on CPU (bit for bit), and on their own terms.
 
 The bitsandbytes comparisons skip when it is not installed; everything else needs only numpy
-(and torch for the torch-path tests).
+(and torch for the torch-path tests). Every test runs twice, with the C accelerator and with the
+numpy kernels (the ``kernel_impl`` fixture); tests/test_native.py compares the two directly.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from tensorcodec import kernels as K
+
+pytestmark = pytest.mark.usefixtures("kernel_impl")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
@@ -323,7 +326,15 @@ def special_inputs(dtype: np.dtype[Any], bs: int) -> list[np.ndarray[Any, Any]]:
     y[-1] = np.nan
     out.append(y)
     out.append(np.full(bs + 2, np.nan, np.float32))
-    return [np.asarray(a).astype(dtype) for a in out]
+    # Signalling NaN (quiet in bfloat16, whose cast quiets it): a whole block, most of one, a partial last one.
+    s = rng.standard_normal(3 * bs + 2).astype(np.float32)
+    snan = np.array([0x7F800001, 0xFFA00000], np.uint32).view(np.float32)
+    s[:bs] = snan[0]
+    s[bs + 1 : 2 * bs : 2] = snan[1]
+    s[-2:] = snan
+    out.append(s)
+    with np.errstate(invalid="ignore"):
+        return [np.asarray(a).astype(dtype) for a in out]
 
 
 # ------------------------------------------------------------------------------------------------ real model
@@ -499,7 +510,7 @@ def test_error_bound_values() -> None:
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_finite_input_never_decodes_to_nan(dtype: np.dtype[Any]) -> None:
-    for x in special_inputs(dtype, 64)[:-2]:  # the last two hold NaN / inf on purpose
+    for x in special_inputs(dtype, 64)[:-3]:  # the last three hold NaN / inf on purpose
         for quant_type in ("nf4", "fp4"):
             packed, absmax = K.quantize_4bit(x, quant_type, 64)
             assert not np.isnan(
@@ -658,21 +669,24 @@ def test_torch_ops_equal_numpy(dtype: np.dtype[Any]) -> None:
 # ------------------------------------------------------------------------------------------------ environment
 
 
-def test_numpy_path_needs_no_torch() -> None:
-    """The numpy kernels run with torch and bitsandbytes unimportable, and give the same bits."""
+def test_kernels_need_no_torch(kernel_impl: str) -> None:
+    """The kernels run with torch and bitsandbytes unimportable, and give the same bits (TENSORCODEC_NATIVE picks)."""
     import subprocess
     import sys
 
+    native = kernel_impl == "native"
     script = (
         "import sys; sys.modules['torch'] = None; sys.modules['bitsandbytes'] = None\n"
         "import numpy as np, ml_dtypes\n"
         "from tensorcodec import kernels as K\n"
+        f"assert K.native_enabled() is {native}\n"
         "x = np.random.default_rng(3).standard_normal(70001).astype(ml_dtypes.bfloat16)\n"
         "p, a = K.quantize_4bit(x, 'nf4', 64); o, c, n = K.quantize_absmax(a)\n"
         "q, b = K.quantize_blockwise8(x, 4096)\n"
         "sys.stdout.buffer.write(p.tobytes() + a.tobytes() + c.tobytes() + n.tobytes() + q.tobytes() + b.tobytes())\n"
     )
-    got = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    env = {**os.environ, "TENSORCODEC_NATIVE": "1" if native else "0"}
+    got = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True, env=env).stdout
     x = np.random.default_rng(3).standard_normal(70001).astype(BF16)
     p, a = K.quantize_4bit(x, "nf4", 64)
     _, c, n = K.quantize_absmax(a)

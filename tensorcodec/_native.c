@@ -1,0 +1,774 @@
+/*
+ * tensorcodec._native: the blockwise 8-bit and 4-bit (NF4 / FP4) kernels of tensorcodec.kernels in C.
+ *
+ * numpy runs each step of a block (absmax, scale, grid index, look-up, pack) as its own pass over
+ * memory; here each block is done in one pass while it sits in L1. Only the CPython C API and the
+ * buffer protocol are used, so building needs nothing but a C compiler, and kernels.py falls back
+ * to its numpy code when this module is missing.
+ *
+ * The results are the numpy kernels' bit for bit: the same float32 operations in the same order
+ * (built with -ffp-contract=off and without -ffast-math), float16 rounded as numpy rounds it and
+ * bfloat16 as ml_dtypes does. The look-up tables come from kernels.py, which stays their one
+ * definition. Every size is checked before memory is touched, and the GIL is released around the
+ * loops so that kernels.py's threads run chunks in parallel. Buffers are read and written through
+ * memcpy, so they need no alignment.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(_MSC_VER)
+#define INLINE static __forceinline
+#else
+#define INLINE static inline __attribute__((always_inline)) /* one specialised copy per element kind */
+#endif
+
+enum { F32 = 0, F16 = 1, BF16 = 2 };       /* element kinds, as kernels.py numbers them */
+static const Py_ssize_t ITEMSIZE[3] = {4, 2, 2};
+#define PIECE 512                          /* elements staged on the stack at a time (even) */
+#define GRID4_MIN 32771                    /* grid cells of scaled values in [-1, 1]: up to 1 * 16384 + 16386 */
+
+/* ------------------------------------------------------------------------------------------ scalars */
+
+INLINE float f32_of(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+INLINE uint32_t bits_of(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+INLINE uint32_t ld32(const unsigned char *p, Py_ssize_t i) { uint32_t v; memcpy(&v, p + 4 * i, 4); return v; }
+INLINE uint16_t ld16(const unsigned char *p, Py_ssize_t i) { uint16_t v; memcpy(&v, p + 2 * i, 2); return v; }
+INLINE float ldf(const unsigned char *p, Py_ssize_t i) { return f32_of(ld32(p, i)); }
+INLINE void stf(unsigned char *p, Py_ssize_t i, float v) { memcpy(p + 4 * i, &v, 4); }
+
+/* Exact; a NaN keeps its payload, unquieted, as numpy's conversion does. */
+INLINE float f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7fffu;
+    uint32_t special = (em << 13) | 0x7f800000u;  /* inf, NaN */
+    uint32_t normal = (em << 13) + 0x38000000u;   /* exponent rebiased by 127 - 15 */
+    uint32_t small = bits_of((float)(int32_t)em * 0x1p-24f);  /* zero and subnormals */
+    return f32_of(sign | (em >= 0x7c00u ? special : em >= 0x0400u ? normal : small));
+}
+
+/* Round to nearest even, as numpy does; a NaN keeps the top bits of its payload (never becoming inf).
+ * Every case is computed and one selected, so that loops of it vectorize. */
+INLINE uint16_t f32_to_f16(float f)
+{
+    uint32_t x = bits_of(f), a = x & 0x7fffffffu;
+    uint32_t m = (a & 0x7fffffu) >> 13;
+    uint32_t nan = 0x7c00u | (m ? m : 1u);
+    uint32_t normal = (a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u) >> 13;
+    float v = f32_of(a < 0x38800000u ? a : 0) * 0x1p24f; /* in units of the smallest subnormal: exact */
+    v = (v + 0x1p23f) - 0x1p23f;                        /* to an integer, ties to even */
+    uint32_t small = (uint32_t)(int32_t)v;
+    uint32_t h = a > 0x7f800000u ? nan : a >= 0x477ff000u ? 0x7c00u /* inf, or rounds past 65504 */
+               : a >= 0x38800000u ? normal : small;
+    return (uint16_t)(((x >> 16) & 0x8000u) | h);
+}
+
+/* Round to nearest even, as ml_dtypes does; a NaN becomes the quiet NaN of its sign. */
+INLINE uint16_t f32_to_bf16(float f)
+{
+    uint32_t x = bits_of(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(((x >> 16) & 0x8000u) | 0x7fc0u);
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+INLINE float load(const unsigned char *p, Py_ssize_t i, int kind)
+{
+    if (kind == F32)
+        return ldf(p, i);
+    if (kind == BF16)
+        return f32_of((uint32_t)ld16(p, i) << 16);
+    return f16_to_f32(ld16(p, i));
+}
+
+INLINE void store(unsigned char *p, Py_ssize_t i, float v, int kind)
+{
+    if (kind == F32) {
+        stf(p, i, v);
+    } else {
+        uint16_t h = kind == BF16 ? f32_to_bf16(v) : f32_to_f16(v);
+        memcpy(p + 2 * i, &h, 2);
+    }
+}
+
+/* Largest |x| of elements [lo, hi), by an integer max of the magnitude bits: NaN patterns sort above
+ * inf, so a NaN propagates (torch's max, for 4-bit) unless ignore_nan (bitsandbytes' 8-bit kernel). */
+INLINE float block_absmax(const unsigned char *p, Py_ssize_t lo, Py_ssize_t hi, int kind, int ignore_nan)
+{
+    /* Magnitudes fit the signed types, whose compares and max SSE2 vectorizes. */
+    if (kind == F32) {
+        int32_t m = 0;
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            int32_t a = (int32_t)(ld32(p, i) & 0x7fffffffu);
+            if (ignore_nan)
+                a = a > 0x7f800000 ? 0 : a;
+            m = a > m ? a : m;
+        }
+        return f32_of((uint32_t)m);
+    }
+    int16_t inf = kind == BF16 ? 0x7f80 : 0x7c00, m = 0;
+    for (Py_ssize_t i = lo; i < hi; i++) {
+        int16_t a = (int16_t)(ld16(p, i) & 0x7fffu);
+        if (ignore_nan)
+            a = a > inf ? 0 : a;
+        m = a > m ? a : m;
+    }
+    return kind == BF16 ? f32_of((uint32_t)m << 16) : f16_to_f32((uint16_t)m);
+}
+
+static Py_ssize_t nblocks_of(Py_ssize_t n, Py_ssize_t bs) { return n / bs + (n % bs != 0); }
+
+/* ------------------------------------------------------------------------------------------ 8-bit */
+
+/* The 65536-entry look-up's index of a scaled value: NaN as -1, clamped to [-1, 1], then
+ * (c + 1) * 32767.5 + 0.5 truncated, every step rounded in float32. */
+INLINE uint16_t lut_index(float c)
+{
+    c = c != c ? -1.0f : c;
+    c = c < -1.0f ? -1.0f : c;
+    c = c > 1.0f ? 1.0f : c;
+    float v = c + 1.0f;
+    v = v * 32767.5f;
+    v = v + 0.5f;
+    return (uint16_t)(int32_t)v;
+}
+
+INLINE void q8_impl(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0, Py_ssize_t b1,
+                    const uint8_t *lut, uint8_t *codes, unsigned char *absmax)
+{
+    uint16_t idx[PIECE];
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
+        float am = block_absmax(src, lo, hi, kind, 1);
+        stf(absmax, b, am);
+        if (am == 0.0f) { /* an all-zero (or all-NaN) block: codes 0 */
+            memset(codes + lo, 0, (size_t)(hi - lo));
+            continue;
+        }
+        float inv = 1.0f / am;
+        for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
+            int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
+            for (int j = 0; j < m; j++)
+                idx[j] = lut_index(load(src, i0 + j, kind) * inv);
+            for (int j = 0; j < m; j++)
+                codes[i0 + j] = lut[idx[j]];
+        }
+    }
+}
+
+static void q8_run(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0, Py_ssize_t b1,
+                   const uint8_t *lut, uint8_t *codes, unsigned char *absmax)
+{
+    switch (kind) { /* one specialised copy of the loops per kind */
+    case F32: q8_impl(src, F32, n, bs, b0, b1, lut, codes, absmax); break;
+    case F16: q8_impl(src, F16, n, bs, b0, b1, lut, codes, absmax); break;
+    default: q8_impl(src, BF16, n, bs, b0, b1, lut, codes, absmax); break;
+    }
+}
+
+INLINE void dq8_impl(const uint8_t *q, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
+                     Py_ssize_t b1, const float *table, unsigned char *out, int kind)
+{
+    float v[PIECE];
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
+        float a = ldf(absmax, b);
+        for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
+            int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
+            for (int j = 0; j < m; j++)
+                v[j] = table[q[i0 + j]] * a;
+            for (int j = 0; j < m; j++)
+                store(out, i0 + j, v[j], kind);
+        }
+    }
+}
+
+static void dq8_run(const uint8_t *q, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
+                    Py_ssize_t b1, const float *table, unsigned char *out, int kind)
+{
+    switch (kind) {
+    case F32: dq8_impl(q, absmax, n, bs, b0, b1, table, out, F32); break;
+    case F16: dq8_impl(q, absmax, n, bs, b0, b1, table, out, F16); break;
+    default: dq8_impl(q, absmax, n, bs, b0, b1, table, out, BF16); break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ 4-bit */
+
+typedef struct {
+    const uint8_t *grid; /* code per grid cell; 0x80 set where a midpoint falls inside the cell */
+    float bounds[15];    /* midpoints of the sorted table */
+    uint8_t order[16];   /* sorted position -> code */
+} Table4;
+
+/* The code of a scaled value by the definition: NaN to the top, else clamp and count the midpoints
+ * below; the grid answers unless the cell holds a midpoint. */
+INLINE uint8_t code4(float c, const Table4 *t)
+{
+    if (c != c)
+        return t->order[15];
+    c = c < -1.0f ? -1.0f : c;
+    c = c > 1.0f ? 1.0f : c;
+    float v = c * 16384.0f;
+    v = v + 16386.0f;
+    uint8_t g = t->grid[(int32_t)v];
+    if (g & 0x80) {
+        int pos = 0;
+        for (int k = 0; k < 15; k++)
+            pos += t->bounds[k] < c;
+        g = t->order[pos];
+    }
+    return g;
+}
+
+/* Blocks [b0, b1) of one tensor of n elements. A full block scales by x * (1 / max(absmax, 1e-38)),
+ * the tensor's last, partial block by x / max(absmax, 1e-38) and stores that clamped absmax; an odd
+ * count is padded with the code of a scaled 0.0 (all as bitsandbytes does). */
+INLINE void q4_impl(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0, Py_ssize_t b1,
+                    const Table4 *t, uint8_t *packed, unsigned char *absmax)
+{
+    int32_t cell[PIECE];
+    uint8_t codes[PIECE + 1];
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
+        int partial = hi - lo < bs;
+        float am = block_absmax(src, lo, hi, kind, 0);
+        float amc = am != am ? am : am < 1e-38f ? 1e-38f : am;
+        float s = 1.0f / amc;
+        stf(absmax, b, partial ? amc : am);
+        for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
+            int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
+            if (!partial && am <= 3.40282347e38f) { /* finite: no NaN to meet, the grid in bulk */
+                uint8_t any = 0;
+                for (int j = 0; j < m; j++) {
+                    float c = load(src, i0 + j, kind) * s;
+                    c = c < -1.0f ? -1.0f : c;
+                    c = c > 1.0f ? 1.0f : c;
+                    float v = c * 16384.0f;
+                    v = v + 16386.0f;
+                    cell[j] = (int32_t)v;
+                }
+                for (int j = 0; j < m; j++) {
+                    codes[j] = t->grid[cell[j]];
+                    any |= codes[j];
+                }
+                if (any & 0x80)
+                    for (int j = 0; j < m; j++)
+                        if (codes[j] & 0x80)
+                            codes[j] = code4(load(src, i0 + j, kind) * s, t);
+            } else {
+                for (int j = 0; j < m; j++) {
+                    float x = load(src, i0 + j, kind);
+                    codes[j] = code4(partial ? x / amc : x * s, t);
+                }
+            }
+            if (m & 1) /* only at the tensor's end */
+                codes[m++] = code4(0.0f, t);
+            uint8_t *dst = packed + i0 / 2;
+            for (int j = 0; j < m / 2; j++)
+                dst[j] = (uint8_t)((codes[2 * j] << 4) | (codes[2 * j + 1] & 15));
+        }
+    }
+}
+
+static void q4_run(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0, Py_ssize_t b1,
+                   const Table4 *t, uint8_t *packed, unsigned char *absmax)
+{
+    switch (kind) {
+    case F32: q4_impl(src, F32, n, bs, b0, b1, t, packed, absmax); break;
+    case F16: q4_impl(src, F16, n, bs, b0, b1, t, packed, absmax); break;
+    default: q4_impl(src, BF16, n, bs, b0, b1, t, packed, absmax); break;
+    }
+}
+
+INLINE void dq4_impl(const uint8_t *packed, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
+                     Py_ssize_t b1, const float *values, unsigned char *out, int kind)
+{
+    uint8_t q[PIECE];
+    float v[PIECE];
+    for (Py_ssize_t b = b0; b < b1; b++) {
+        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
+        float a = ldf(absmax, b);
+        for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
+            int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
+            const uint8_t *p = packed + i0 / 2;
+            for (int j = 0; j < m / 2; j++) {
+                q[2 * j] = p[j] >> 4;
+                q[2 * j + 1] = p[j] & 15;
+            }
+            if (m & 1)
+                q[m - 1] = p[m / 2] >> 4;
+            for (int j = 0; j < m; j++)
+                v[j] = values[q[j]] * a;
+            for (int j = 0; j < m; j++)
+                store(out, i0 + j, v[j], kind);
+        }
+    }
+}
+
+static void dq4_run(const uint8_t *packed, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
+                    Py_ssize_t b1, const float *values, unsigned char *out, int kind)
+{
+    switch (kind) {
+    case F32: dq4_impl(packed, absmax, n, bs, b0, b1, values, out, F32); break;
+    case F16: dq4_impl(packed, absmax, n, bs, b0, b1, values, out, F16); break;
+    default: dq4_impl(packed, absmax, n, bs, b0, b1, values, out, BF16); break;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ arguments */
+
+static int check_kind(int kind, const char *what)
+{
+    if (kind < F32 || kind > BF16) {
+        PyErr_Format(PyExc_ValueError, "%s must be 0 (float32), 1 (float16) or 2 (bfloat16), not %d", what, kind);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_blocksize(Py_ssize_t bs, int even)
+{
+    if (bs <= 0 || (even && bs % 2)) {
+        PyErr_Format(PyExc_ValueError, "blocksize must be a positive%s integer, not %zd", even ? " even" : "", bs);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_len(const Py_buffer *b, Py_ssize_t want, const char *what)
+{
+    if (b->len != want) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, expected %zd", what, b->len, want);
+        return -1;
+    }
+    return 0;
+}
+
+/* Elements in a source or output buffer of the given kind. */
+static int count_of(const Py_buffer *b, int kind, const char *what, Py_ssize_t *n)
+{
+    if (b->len % ITEMSIZE[kind]) {
+        PyErr_Format(PyExc_ValueError, "%s holds %zd bytes, not whole %zd-byte elements", what, b->len,
+                     ITEMSIZE[kind]);
+        return -1;
+    }
+    *n = b->len / ITEMSIZE[kind];
+    return 0;
+}
+
+static int check_range(Py_ssize_t start, Py_ssize_t stop, Py_ssize_t nblocks)
+{
+    if (start < 0 || start > stop || stop > nblocks) {
+        PyErr_Format(PyExc_ValueError, "block range [%zd, %zd) is not within the %zd blocks", start, stop, nblocks);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_table4(Table4 *t, const Py_buffer *grid, const Py_buffer *bounds, const Py_buffer *order)
+{
+    if (grid->len < GRID4_MIN) {
+        PyErr_Format(PyExc_ValueError, "the 4-bit grid holds %zd cells, expected at least %d", grid->len, GRID4_MIN);
+        return -1;
+    }
+    if (check_len(bounds, 15 * 4, "the 4-bit midpoints") || check_len(order, 16, "the 4-bit code order"))
+        return -1;
+    t->grid = grid->buf;
+    memcpy(t->bounds, bounds->buf, sizeof t->bounds);
+    memcpy(t->order, order->buf, sizeof t->order);
+    return 0;
+}
+
+static void release(Py_buffer *views, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (views[i].obj != NULL)
+            PyBuffer_Release(&views[i]);
+}
+
+/* Buffers of a sequence's items (read-only, C-contiguous); NULL with an exception set on failure. */
+static Py_buffer *item_buffers(PyObject *seq, Py_ssize_t count, const char *what)
+{
+    Py_buffer *views = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_buffer));
+    if (views == NULL)
+        return (Py_buffer *)PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(seq, i), &views[i], PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s[%zd] is not a C-contiguous buffer", what, i);
+            for (Py_ssize_t k = 0; k < i; k++)
+                PyBuffer_Release(&views[k]);
+            PyMem_Free(views);
+            return NULL;
+        }
+    }
+    return views;
+}
+
+static void free_buffers(Py_buffer *views, Py_ssize_t count)
+{
+    if (views == NULL)
+        return;
+    for (Py_ssize_t i = 0; i < count; i++)
+        PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+}
+
+/* ------------------------------------------------------------------------------------------ functions */
+
+PyDoc_STRVAR(quantize8_doc, "quantize8(src, kind, blocksize, lut, codes, absmax, start, stop)\n\n"
+                            "8-bit codes and absmax of blocks [start, stop) of src.");
+
+static PyObject *quantize8(PyObject *self, PyObject *args)
+{
+    Py_buffer v[4] = {{0}};
+    int kind;
+    Py_ssize_t bs, start, stop, n;
+    if (!PyArg_ParseTuple(args, "y*iny*w*w*nn:quantize8", &v[0], &kind, &bs, &v[1], &v[2], &v[3], &start, &stop))
+        return NULL;
+    PyObject *res = NULL;
+    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || count_of(&v[0], kind, "src", &n))
+        goto done;
+    Py_ssize_t nb = nblocks_of(n, bs);
+    if (check_len(&v[1], 65536, "lut") || check_len(&v[2], n, "codes") || check_len(&v[3], 4 * nb, "absmax") ||
+        check_range(start, stop, nb))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    q8_run(v[0].buf, kind, n, bs, start, stop, v[1].buf, v[2].buf, v[3].buf);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(v, 4);
+    return res;
+}
+
+PyDoc_STRVAR(dequantize8_doc, "dequantize8(codes, absmax, blocksize, table, out, kind, start, stop)\n\n"
+                              "Values of blocks [start, stop) of 8-bit codes into out (of the given kind).");
+
+static PyObject *dequantize8(PyObject *self, PyObject *args)
+{
+    Py_buffer v[4] = {{0}};
+    int kind;
+    Py_ssize_t bs, start, stop, n;
+    if (!PyArg_ParseTuple(args, "y*y*ny*w*inn:dequantize8", &v[0], &v[1], &bs, &v[2], &v[3], &kind, &start, &stop))
+        return NULL;
+    PyObject *res = NULL;
+    float table[256];
+    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || check_len(&v[2], sizeof table, "table"))
+        goto done;
+    n = v[0].len;
+    Py_ssize_t nb = nblocks_of(n, bs);
+    if (check_len(&v[1], 4 * nb, "absmax") || check_len(&v[3], n * ITEMSIZE[kind], "out") ||
+        check_range(start, stop, nb))
+        goto done;
+    memcpy(table, v[2].buf, sizeof table);
+    Py_BEGIN_ALLOW_THREADS
+    dq8_run(v[0].buf, v[1].buf, n, bs, start, stop, table, v[3].buf, kind);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(v, 4);
+    return res;
+}
+
+PyDoc_STRVAR(quantize4_doc, "quantize4(src, kind, blocksize, grid, bounds, order, packed, absmax, start, stop)\n\n"
+                            "Packed 4-bit codes and absmax of blocks [start, stop) of src.");
+
+static PyObject *quantize4(PyObject *self, PyObject *args)
+{
+    Py_buffer v[6] = {{0}};
+    int kind;
+    Py_ssize_t bs, start, stop, n;
+    Table4 t;
+    if (!PyArg_ParseTuple(args, "y*iny*y*y*w*w*nn:quantize4", &v[0], &kind, &bs, &v[1], &v[2], &v[3], &v[4], &v[5],
+                          &start, &stop))
+        return NULL;
+    PyObject *res = NULL;
+    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || count_of(&v[0], kind, "src", &n) ||
+        load_table4(&t, &v[1], &v[2], &v[3]))
+        goto done;
+    Py_ssize_t nb = nblocks_of(n, bs);
+    if (check_len(&v[4], n / 2 + n % 2, "packed") || check_len(&v[5], 4 * nb, "absmax") ||
+        check_range(start, stop, nb))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    q4_run(v[0].buf, kind, n, bs, start, stop, &t, v[4].buf, v[5].buf);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(v, 6);
+    return res;
+}
+
+PyDoc_STRVAR(dequantize4_doc, "dequantize4(packed, absmax, blocksize, values, out, kind, start, stop)\n\n"
+                              "Values of blocks [start, stop) of packed 4-bit codes into out (its size gives the count).");
+
+static PyObject *dequantize4(PyObject *self, PyObject *args)
+{
+    Py_buffer v[4] = {{0}};
+    int kind;
+    Py_ssize_t bs, start, stop, n;
+    float values[16];
+    if (!PyArg_ParseTuple(args, "y*y*ny*w*inn:dequantize4", &v[0], &v[1], &bs, &v[2], &v[3], &kind, &start, &stop))
+        return NULL;
+    PyObject *res = NULL;
+    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || check_len(&v[2], sizeof values, "values") ||
+        count_of(&v[3], kind, "out", &n))
+        goto done;
+    Py_ssize_t nb = nblocks_of(n, bs);
+    if (check_len(&v[0], n / 2 + n % 2, "packed") || check_len(&v[1], 4 * nb, "absmax") ||
+        check_range(start, stop, nb))
+        goto done;
+    memcpy(values, v[2].buf, sizeof values);
+    Py_BEGIN_ALLOW_THREADS
+    dq4_run(v[0].buf, v[1].buf, n, bs, start, stop, values, v[3].buf, kind);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(v, 4);
+    return res;
+}
+
+/* ------------------------------------------------------------------------------------------ batches */
+
+/* The batch functions take many tensors in one call (a Python call each would cost more than the
+ * work); each tensor starts its own blocks (and, for 4-bit, its own byte), and outputs are laid end
+ * to end in the order given. */
+
+PyDoc_STRVAR(quantize8_batch_doc, "quantize8_batch(srcs, kinds, blocksize, lut, codes, absmax)\n\n"
+                                  "quantize8 of each source (kinds: one byte each), outputs end to end.");
+
+static PyObject *quantize8_batch(PyObject *self, PyObject *args)
+{
+    PyObject *list, *seq = NULL, *res = NULL;
+    Py_buffer v[4] = {{0}}, *src = NULL;
+    Py_ssize_t bs, count = 0, total = 0, blocks = 0;
+    if (!PyArg_ParseTuple(args, "Oy*ny*w*w*:quantize8_batch", &list, &v[0], &bs, &v[1], &v[2], &v[3]))
+        return NULL;
+    if (check_blocksize(bs, 0) || check_len(&v[1], 65536, "lut"))
+        goto done;
+    if ((seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
+        goto done;
+    count = PySequence_Fast_GET_SIZE(seq);
+    const unsigned char *kinds = v[0].buf;
+    if (check_len(&v[0], count, "kinds") || (src = item_buffers(seq, count, "srcs")) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n;
+        if (check_kind(kinds[i], "kinds[i]") || count_of(&src[i], kinds[i], "a source", &n))
+            goto done;
+        total += n;
+        blocks += nblocks_of(n, bs);
+    }
+    if (check_len(&v[2], total, "codes") || check_len(&v[3], 4 * blocks, "absmax"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *codes = v[2].buf;
+    unsigned char *absmax = v[3].buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]], nb = nblocks_of(n, bs);
+        q8_run(src[i].buf, kinds[i], n, bs, 0, nb, v[1].buf, codes, absmax);
+        codes += n;
+        absmax += 4 * nb;
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    free_buffers(src, count);
+    Py_XDECREF(seq);
+    release(v, 4);
+    return res;
+}
+
+PyDoc_STRVAR(quantize4_batch_doc, "quantize4_batch(srcs, kinds, blocksize, grid, bounds, order, packed, absmax)\n\n"
+                                  "quantize4 of each source (kinds: one byte each), outputs end to end.");
+
+static PyObject *quantize4_batch(PyObject *self, PyObject *args)
+{
+    PyObject *list, *seq = NULL, *res = NULL;
+    Py_buffer v[6] = {{0}}, *src = NULL;
+    Py_ssize_t bs, count = 0, bytes = 0, blocks = 0;
+    Table4 t;
+    if (!PyArg_ParseTuple(args, "Oy*ny*y*y*w*w*:quantize4_batch", &list, &v[0], &bs, &v[1], &v[2], &v[3], &v[4],
+                          &v[5]))
+        return NULL;
+    if (check_blocksize(bs, 1) || load_table4(&t, &v[1], &v[2], &v[3]))
+        goto done;
+    if ((seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
+        goto done;
+    count = PySequence_Fast_GET_SIZE(seq);
+    const unsigned char *kinds = v[0].buf;
+    if (check_len(&v[0], count, "kinds") || (src = item_buffers(seq, count, "srcs")) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n;
+        if (check_kind(kinds[i], "kinds[i]") || count_of(&src[i], kinds[i], "a source", &n))
+            goto done;
+        bytes += n / 2 + n % 2;
+        blocks += nblocks_of(n, bs);
+    }
+    if (check_len(&v[4], bytes, "packed") || check_len(&v[5], 4 * blocks, "absmax"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    uint8_t *packed = v[4].buf;
+    unsigned char *absmax = v[5].buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]], nb = nblocks_of(n, bs);
+        q4_run(src[i].buf, kinds[i], n, bs, 0, nb, &t, packed, absmax);
+        packed += n / 2 + n % 2;
+        absmax += 4 * nb;
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    free_buffers(src, count);
+    Py_XDECREF(seq);
+    release(v, 6);
+    return res;
+}
+
+PyDoc_STRVAR(dequantize8_batch_doc, "dequantize8_batch(codes, absmaxes, blocksize, table, out, kind)\n\n"
+                                    "dequantize8 of each (codes, absmax) pair, values end to end in out.");
+
+static PyObject *dequantize8_batch(PyObject *self, PyObject *args)
+{
+    PyObject *lq, *la, *sq = NULL, *sa = NULL, *res = NULL;
+    Py_buffer v[2] = {{0}}, *q = NULL, *am = NULL;
+    Py_ssize_t bs, count = 0, total = 0;
+    int kind;
+    float table[256];
+    if (!PyArg_ParseTuple(args, "OOny*w*i:dequantize8_batch", &lq, &la, &bs, &v[0], &v[1], &kind))
+        return NULL;
+    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || check_len(&v[0], sizeof table, "table"))
+        goto done;
+    if ((sq = PySequence_Fast(lq, "codes must be a sequence")) == NULL ||
+        (sa = PySequence_Fast(la, "absmaxes must be a sequence")) == NULL)
+        goto done;
+    count = PySequence_Fast_GET_SIZE(sq);
+    if (PySequence_Fast_GET_SIZE(sa) != count) {
+        PyErr_SetString(PyExc_ValueError, "codes and absmaxes differ in length");
+        goto done;
+    }
+    if ((q = item_buffers(sq, count, "codes")) == NULL || (am = item_buffers(sa, count, "absmaxes")) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (check_len(&am[i], 4 * nblocks_of(q[i].len, bs), "an absmax"))
+            goto done;
+        total += q[i].len;
+    }
+    if (check_len(&v[1], total * ITEMSIZE[kind], "out"))
+        goto done;
+    memcpy(table, v[0].buf, sizeof table);
+    Py_BEGIN_ALLOW_THREADS
+    unsigned char *out = v[1].buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = q[i].len;
+        dq8_run(q[i].buf, am[i].buf, n, bs, 0, nblocks_of(n, bs), table, out, kind);
+        out += n * ITEMSIZE[kind];
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    free_buffers(q, q ? count : 0);
+    free_buffers(am, am ? count : 0);
+    Py_XDECREF(sq);
+    Py_XDECREF(sa);
+    release(v, 2);
+    return res;
+}
+
+PyDoc_STRVAR(dequantize4_batch_doc, "dequantize4_batch(packed, absmaxes, counts, blocksize, values, out, kind)\n\n"
+                                    "dequantize4 of each (packed, absmax, count), values end to end in out.");
+
+static PyObject *dequantize4_batch(PyObject *self, PyObject *args)
+{
+    PyObject *lp, *la, *lc, *sp = NULL, *sa = NULL, *sc = NULL, *res = NULL;
+    Py_buffer v[2] = {{0}}, *p = NULL, *am = NULL;
+    Py_ssize_t bs, count = 0, total = 0, *ns = NULL;
+    int kind;
+    float values[16];
+    if (!PyArg_ParseTuple(args, "OOOny*w*i:dequantize4_batch", &lp, &la, &lc, &bs, &v[0], &v[1], &kind))
+        return NULL;
+    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || check_len(&v[0], sizeof values, "values"))
+        goto done;
+    if ((sp = PySequence_Fast(lp, "packed must be a sequence")) == NULL ||
+        (sa = PySequence_Fast(la, "absmaxes must be a sequence")) == NULL ||
+        (sc = PySequence_Fast(lc, "counts must be a sequence")) == NULL)
+        goto done;
+    count = PySequence_Fast_GET_SIZE(sp);
+    if (PySequence_Fast_GET_SIZE(sa) != count || PySequence_Fast_GET_SIZE(sc) != count) {
+        PyErr_SetString(PyExc_ValueError, "packed, absmaxes and counts differ in length");
+        goto done;
+    }
+    if ((ns = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_ssize_t))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        ns[i] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(sc, i), PyExc_OverflowError);
+        if (ns[i] == -1 && PyErr_Occurred())
+            goto done;
+        if (ns[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "counts[%zd] is negative", i);
+            goto done;
+        }
+    }
+    if ((p = item_buffers(sp, count, "packed")) == NULL || (am = item_buffers(sa, count, "absmaxes")) == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_ssize_t n = ns[i];
+        if (check_len(&p[i], n / 2 + n % 2, "packed codes") || check_len(&am[i], 4 * nblocks_of(n, bs), "an absmax"))
+            goto done;
+        if (n > PY_SSIZE_T_MAX / 4 - total) {
+            PyErr_SetString(PyExc_OverflowError, "too many values");
+            goto done;
+        }
+        total += n;
+    }
+    if (check_len(&v[1], total * ITEMSIZE[kind], "out"))
+        goto done;
+    memcpy(values, v[0].buf, sizeof values);
+    Py_BEGIN_ALLOW_THREADS
+    unsigned char *out = v[1].buf;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        dq4_run(p[i].buf, am[i].buf, ns[i], bs, 0, nblocks_of(ns[i], bs), values, out, kind);
+        out += ns[i] * ITEMSIZE[kind];
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    free_buffers(p, p ? count : 0);
+    free_buffers(am, am ? count : 0);
+    PyMem_Free(ns);
+    Py_XDECREF(sp);
+    Py_XDECREF(sa);
+    Py_XDECREF(sc);
+    release(v, 2);
+    return res;
+}
+
+/* ------------------------------------------------------------------------------------------ module */
+
+static PyMethodDef methods[] = {
+    {"quantize8", quantize8, METH_VARARGS, quantize8_doc},
+    {"dequantize8", dequantize8, METH_VARARGS, dequantize8_doc},
+    {"quantize4", quantize4, METH_VARARGS, quantize4_doc},
+    {"dequantize4", dequantize4, METH_VARARGS, dequantize4_doc},
+    {"quantize8_batch", quantize8_batch, METH_VARARGS, quantize8_batch_doc},
+    {"quantize4_batch", quantize4_batch, METH_VARARGS, quantize4_batch_doc},
+    {"dequantize8_batch", dequantize8_batch, METH_VARARGS, dequantize8_batch_doc},
+    {"dequantize4_batch", dequantize4_batch, METH_VARARGS, dequantize4_batch_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tensorcodec._native",
+    .m_doc = "C kernels for tensorcodec.kernels (8-bit and 4-bit blockwise quantization); see kernels.py.",
+    .m_size = 0,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__native(void) { return PyModuleDef_Init(&module); }
