@@ -1,6 +1,9 @@
-"""Builds the optional C accelerator ``tensorcodec._native``; all metadata lives in pyproject.toml.
+"""Builds the optional C accelerators ``tensorcodec._native`` (kernels) and ``tensorcodec._fastwire`` (wire loops).
 
-``optional=True``: without a C compiler the install still succeeds and kernels.py uses numpy.
+All metadata lives in pyproject.toml.
+
+``optional=True``: without a C compiler the install still succeeds; kernels.py, wire.py and core.py
+then do the same work in numpy and Python.
 The flags keep the float32 arithmetic bit-identical to the numpy kernels: no FMA contraction
 (``-ffp-contract=off``), no ``-ffast-math``; ``-fno-trapping-math`` only lets the compiler
 vectorize the clamps (it changes no result).
@@ -14,4 +17,6 @@ FLAGS = ["/O2", "/fp:precise"] if sys.platform == "win32" else ["-O3", "-ffp-con
 
 NATIVE = Extension("tensorcodec._native", ["tensorcodec/_native.c"], extra_compile_args=FLAGS, optional=True)
 
-setup(ext_modules=[NATIVE])
+FASTWIRE = Extension("tensorcodec._fastwire", ["tensorcodec/_fastwire.c"], extra_compile_args=FLAGS[:1], optional=True)
+
+setup(ext_modules=[NATIVE, FASTWIRE])

@@ -9,6 +9,7 @@ from the wire is checked here before anything is allocated for it.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -21,6 +22,13 @@ import numpy as np
 from . import dtypes
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
+
+try:  # the optional C loops (setup.py); without them the Python code below does the same
+    from . import _fastwire
+except ImportError:  # pragma: no cover - built wherever a C compiler was at install
+    _fastwire = None  # type: ignore[assignment]
+if os.environ.get("TENSORCODEC_NATIVE", "1") == "0":
+    _fastwire = None  # type: ignore[assignment]
 
 __all__ = [
     "MAGIC",
@@ -37,6 +45,8 @@ __all__ = [
     "parse_message",
     "parse_entry",
     "aligned",
+    "copy_frames",
+    "FAST_COPY",
 ]
 
 MAGIC = b"TCDC"
@@ -277,6 +287,8 @@ def parse_entry(raw: Any, index: int, limits: Limits = DEFAULT_LIMITS, first_seg
 
 _HEADER_KEYS = {"tensors", "tree", "checksum", "checksums"}
 
+_FAST_ROWS = {row.name: (row, row.itemsize) for row in dtypes.DTYPES}
+
 
 def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
     d = dict(items)
@@ -343,7 +355,14 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     by_name = dtypes.BY_NAME
     max_ndim = limits.max_ndim
     new_entry = tuple.__new__
-    for i, raw in enumerate(raw_entries):
+    done = 0
+    if _fastwire is not None:
+        # The C loop lays out the run of plain raw entries; this loop goes on from the first other one.
+        entries, offsets, gaps, decoded, pos, done = _fastwire.layout(
+            raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim
+        )
+    for i in range(done, len(raw_entries)):
+        raw = raw_entries[i]
         # Fast path for the common raw entry [dtype, shape]; _entry() covers the rest.
         if type(raw) is list and len(raw) == 2 and type(raw[1]) is list and len(raw[1]) <= max_ndim:
             dims = raw[1]
@@ -442,12 +461,33 @@ _PADDING_LOOP_MAX = 256
 """Up to this many padding runs a plain loop is cheaper than a vectorized check."""
 
 
+FAST_COPY = _fastwire is not None
+"""Whether ``copy_frames`` runs in C (else one numpy copy per frame)."""
+
+
+def copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:
+    """``b"".join(frames)`` written into ``dst``, a writable uint8 array at least as long."""
+    if _fastwire is not None:
+        _fastwire.join_into(dst, frames)
+        return
+    pos = 0
+    for f in frames:
+        src = np.frombuffer(f, dtype=np.uint8)
+        dst[pos : pos + src.size] = src
+        pos += src.size
+
+
 def _check_padding(rope: Rope, gaps: list[int]) -> None:
     """Every padding byte must be zero, so that no data hides between segments.
 
     ``gaps`` holds start, length, start, length, ... of the padding runs.
     """
     if not gaps:
+        return
+    if len(rope.parts) == 1 and _fastwire is not None:
+        first = _fastwire.first_nonzero(rope.parts[0], gaps)
+        if first >= 0:
+            raise _fail(f"padding byte at offset {first} is not zero")
         return
     if len(rope.parts) == 1 and len(gaps) > 2 * _PADDING_LOOP_MAX:
         runs = np.array(gaps, dtype=np.int64).reshape(-1, 2)
@@ -462,5 +502,7 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
     single = rope.parts[0] if len(rope.parts) == 1 else None
     for k in range(0, len(gaps), 2):
         start, n = gaps[k], gaps[k + 1]
-        if (single[start : start + n] if single is not None else rope.view(start, n)) != ZEROS[:n]:
-            raise _fail(f"padding at bytes [{start}, {start + n}) is not zero")
+        run = single[start : start + n] if single is not None else rope.view(start, n)
+        if run != ZEROS[:n]:
+            first = start + next(k for k, byte in enumerate(bytes(run)) if byte)
+            raise _fail(f"padding byte at offset {first} is not zero")

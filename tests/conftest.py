@@ -41,3 +41,18 @@ def kernel_impl(request: pytest.FixtureRequest) -> Iterator[str]:
         yield str(request.param)
     finally:
         kernels.set_native(before)
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def wire_impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test with the C wire loops (tensorcodec._fastwire) and again with the Python ones."""
+    from tensorcodec import wire
+
+    built = wire._fastwire
+    if request.param == "c" and built is None:
+        pytest.skip("tensorcodec._fastwire is not built (no C compiler at install?)")
+    wire._fastwire = built if request.param == "c" else None
+    try:
+        yield str(request.param)
+    finally:
+        wire._fastwire = built

@@ -16,6 +16,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 import tensorcodec as tc
+from tensorcodec import wire
 from tensorcodec.testing import assert_tree_equal, strategies
 
 SMALL = {"a": np.arange(5, dtype=np.int16), "b": [np.float32(1.5), (np.zeros(0),)], "c": torch.ones(3)}
@@ -239,7 +240,7 @@ def test_shorter_than_the_preamble(data: bytes) -> None:
     decode_error(data, "shorter than the 16-byte preamble")
 
 
-def test_every_truncation_is_refused() -> None:
+def test_every_truncation_is_refused(wire_impl: str) -> None:
     message = tc.encode(SMALL, checksum="xxh3_64")
     for n in range(len(message)):
         decode_error(message[:n])
@@ -255,9 +256,9 @@ def test_trailing_bytes() -> None:
     decode_error(empty + b"\x00", "trailing")
 
 
-@pytest.mark.parametrize("n_tensors", [2, 12])
-def test_nonzero_padding_is_refused(n_tensors: int) -> None:
-    """Both the per-gap check and the vectorized one used for many gaps."""
+@pytest.mark.parametrize("n_tensors", [2, 12, 300])
+def test_nonzero_padding_is_refused(n_tensors: int, wire_impl: str) -> None:
+    """The C check, and in Python both the per-gap check and the vectorized one used for many gaps."""
     obj = [np.arange(3, dtype=np.int8) for _ in range(n_tensors)]
     message = tc.encode(obj)
     hlen = int.from_bytes(message[8:12], "little")
@@ -267,8 +268,8 @@ def test_nonzero_padding_is_refused(n_tensors: int) -> None:
     for pos in gaps:
         bad = bytearray(message)
         bad[pos] = 0x01
-        decode_error(bytes(bad), "padding")
-        decode_error([bytes(bad[:pos]), bytes(bad[pos:])], "padding")
+        decode_error(bytes(bad), f"padding byte at offset {pos} is not zero")
+        decode_error([bytes(bad[:pos]), bytes(bad[pos:])], f"padding byte at offset {pos} is not zero")
 
 
 # -- hostile headers --------------------------------------------------------------------------------------------
@@ -338,11 +339,11 @@ def test_hostile_headers(header: bytes, match: str) -> None:
     ],
     ids=repr,
 )
-def test_hostile_table_entries(entry: Any, match: str) -> None:
+def test_hostile_table_entries(entry: Any, match: str, wire_impl: str) -> None:
     decode_error(raw_message([entry], ref(0), [b"\x00\x00\x00\x00"]), match)
 
 
-def test_a_segment_past_the_end() -> None:
+def test_a_segment_past_the_end(wire_impl: str) -> None:
     message = tc.encode({"a": np.arange(10.0)})
     decode_error(message[:-1], "truncated: tensor 0 needs bytes")
     header = header_of(message)
@@ -573,3 +574,110 @@ def test_frames_of_mutated_messages_behave_like_the_message(message: bytes, data
         except tc.DecodeError as e:
             outcomes.append(type(e).__name__)
     assert outcomes[0] == outcomes[1]
+
+
+# -- the C loops (tensorcodec._fastwire) against the Python ones --------------------------------------------------
+
+_BUILT = wire._fastwire  # read at import: the module-scoped wire_impl fixture switches wire._fastwire
+needs_fastwire = pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+
+
+def _parse_both_ways(message: bytes) -> list[Any]:
+    """parse_message's result (or DecodeError text) with the C loops and with the Python ones."""
+    before = wire._fastwire
+    results: list[Any] = []
+    try:
+        for impl in (_BUILT, None):
+            wire._fastwire = impl
+            try:
+                results.append(wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, True))
+            except tc.DecodeError as e:
+                results.append(f"{type(e).__name__}: {e}")
+    finally:
+        wire._fastwire = before
+    return results
+
+
+@needs_fastwire
+@given(st.one_of(_messages(), _messages().flatmap(_byte_mutation), _messages().flatmap(_structural_mutation)))
+def test_c_layout_and_padding_check_agree_with_python(message: bytes) -> None:
+    fast, python = _parse_both_ways(message)
+    assert fast == python
+
+
+_DIMS = st.one_of(
+    st.integers(-3, 2**64 - 1),
+    st.sampled_from([0, 1, 63, 64, 65, 2**31, 2**61, 2**62, 2**63 - 1, 2**63]),
+    st.booleans(),
+    st.floats(allow_nan=False),
+    st.none(),
+)
+
+
+@needs_fastwire
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["float32", "int8", "bfloat16", "complex128", "bool", "nope", 7]),
+                st.lists(_DIMS, max_size=4),
+            ).map(list),
+            st.just(["float32"]),
+            st.just("float32"),
+        ),
+        max_size=6,
+    ),
+    st.integers(0, 2000),
+)
+def test_c_layout_agrees_on_hostile_raw_entries(entries: list[Any], body: int) -> None:
+    message = build({"tensors": entries, "tree": pack([])}, [bytes(body)])
+    fast, python = _parse_both_ways(message)
+    assert fast == python
+
+
+@needs_fastwire
+def test_c_loops_refuse_bad_arguments_without_crashing() -> None:
+    fw = _BUILT
+    assert fw is not None
+    with pytest.raises(TypeError):
+        fw.layout("not a list", {}, wire.Entry, 0, 0, 64)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        fw.layout([["float32", [1]]], {"float32": "bad"}, wire.Entry, 0, 100, 64)  # type: ignore[dict-item]
+    with pytest.raises(ValueError):
+        fw.layout([], {}, wire.Entry, 5, 4, 64)
+    with pytest.raises(TypeError):
+        fw.layout([], {}, dict, 0, 0, 64)
+    with pytest.raises(ValueError):
+        fw.first_nonzero(bytes(10), [8, 4])
+    with pytest.raises(ValueError):
+        fw.first_nonzero(bytes(10), [1])
+    assert fw.first_nonzero(bytes(10), [0, 10]) == -1
+    assert fw.first_nonzero(b"\0\0\1", [0, 2, 2, 1]) == 2
+    with pytest.raises(ValueError, match="too small"):
+        fw.join_into(np.zeros(3, np.uint8), [b"ab", b"cd"])
+    with pytest.raises((TypeError, BufferError)):
+        fw.join_into(b"read-only", [b"a"])
+    with pytest.raises((TypeError, BufferError, ValueError)):
+        fw.join_into(np.zeros(8, np.uint8), [np.arange(8, dtype=np.uint8)[::2]])
+
+
+@given(
+    frames=st.lists(
+        st.one_of(
+            st.binary(max_size=70),
+            st.binary(max_size=70).map(memoryview),
+            st.binary(max_size=70).map(bytearray),
+            strategies.arrays(max_dims=3, max_side=5, max_size=40).filter(
+                lambda a: a.flags.c_contiguous and a.dtype.kind != "V"
+            ),
+        ),
+        max_size=8,
+    ),
+    slack=st.integers(0, 16),
+)
+def test_copy_frames_is_a_join(frames: list[Any], slack: int, wire_impl: str) -> None:
+    expected = b"".join(frames)
+    dst = np.full(len(expected) + slack, 0xAB, dtype=np.uint8)
+    wire.copy_frames(frames, dst)
+    assert dst[: len(expected)].tobytes() == expected
+    assert (dst[len(expected) :] == 0xAB).all()
