@@ -240,7 +240,279 @@ done:
     return PyLong_FromSsize_t(found);
 }
 
+/* ------------------------------------------------------------------------------------------ plain_walk */
+
+/* What one plain_walk call needs; the tables and types come from tree.py. */
+typedef struct {
+    int max_depth;
+    PyObject *numpy_rows;   /* dict: numpy dtype -> row, for dtypes whose arrays export their buffer */
+    PyObject *torch_rows;   /* dict: torch dtype -> row, the same dtypes */
+    PyObject *ndarray_type; /* numpy.ndarray */
+    PyObject *tensor_types; /* tuple of exact torch tensor types (may be empty) */
+    PyTypeObject *leaf_type;
+    PyTypeObject *ext_type;
+    PyObject *empty;   /* the empty uint8 array of a zero-size leaf */
+    PyObject *leaves;  /* list being filled */
+    PyObject *seen;    /* set of ids (numpy) and data pointers (torch) met so far */
+    int bail;          /* set when the tree needs tree.py's general walk; no exception then */
+} Walk;
+
+static PyObject *k_dtype, *k_flags, *k_c_contiguous, *k_shape, *k_size, *k_numpy, *k_data_ptr;
+
+/* msgpack.ExtType(kind, index as 1, 2 or 4 little-endian bytes), as tree._ref makes it. */
+static PyObject *reference(Walk *w, long kind, Py_ssize_t index)
+{
+    unsigned char le[4] = {(unsigned char)index, (unsigned char)(index >> 8), (unsigned char)(index >> 16),
+                           (unsigned char)(index >> 24)};
+    Py_ssize_t width = index < 0x100 ? 1 : index < 0x10000 ? 2 : 4;
+    PyObject *code = PyLong_FromLong(kind), *payload = PyBytes_FromStringAndSize((const char *)le, width);
+    PyObject *ref = w->ext_type->tp_alloc(w->ext_type, 2);
+    if (!code || !payload || !ref) {
+        Py_XDECREF(code);
+        Py_XDECREF(payload);
+        Py_XDECREF(ref);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(ref, 0, code);
+    PyTuple_SET_ITEM(ref, 1, payload);
+    return ref;
+}
+
+/* 1 if the key was new and is now in w->seen, 0 if it was there already, -1 on error. */
+static int first_sight(Walk *w, PyObject *key)
+{
+    int has = PySet_Contains(w->seen, key);
+    if (has < 0)
+        return -1;
+    if (has)
+        return 0;
+    return PySet_Add(w->seen, key) < 0 ? -1 : 1;
+}
+
+/* A leaf for a C-contiguous array of a known dtype: its table reference, or NULL with w->bail set. */
+static PyObject *add_leaf(Walk *w, long kind, PyObject *row, PyObject *arr)
+{
+    PyObject *flags = PyObject_GetAttr(arr, k_flags), *contiguous = NULL, *shape = NULL, *size = NULL, *leaf = NULL;
+    PyObject *result = NULL;
+    if (!flags)
+        goto done;
+    contiguous = PyObject_GetAttr(flags, k_c_contiguous);
+    if (!contiguous)
+        goto done;
+    if (contiguous != Py_True) {
+        w->bail = 1;
+        goto done;
+    }
+    shape = PyObject_GetAttr(arr, k_shape);
+    size = PyObject_GetAttr(arr, k_size);
+    if (!shape || !size)
+        goto done;
+    if (!PyTuple_CheckExact(shape) || !PyLong_CheckExact(size)) {
+        w->bail = 1;
+        goto done;
+    }
+    int empty = PyObject_Not(size);
+    if (empty < 0)
+        goto done;
+    leaf = w->leaf_type->tp_alloc(w->leaf_type, 5);
+    if (!leaf)
+        goto done;
+    PyObject *data = empty ? w->empty : arr;
+    PyTuple_SET_ITEM(leaf, 0, PyLong_FromLong(kind));
+    Py_INCREF(row);
+    PyTuple_SET_ITEM(leaf, 1, row);
+    Py_INCREF(shape);
+    PyTuple_SET_ITEM(leaf, 2, shape);
+    Py_INCREF(data);
+    PyTuple_SET_ITEM(leaf, 3, data);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(leaf, 4, Py_None);
+    if (!PyTuple_GET_ITEM(leaf, 0) || PyList_Append(w->leaves, leaf) < 0)
+        goto done;
+    result = reference(w, kind, PyList_GET_SIZE(w->leaves) - 1);
+done:
+    Py_XDECREF(flags);
+    Py_XDECREF(contiguous);
+    Py_XDECREF(shape);
+    Py_XDECREF(size);
+    Py_XDECREF(leaf);
+    return result;
+}
+
+static PyObject *walk_numpy(Walk *w, PyObject *arr)
+{
+    PyObject *id = PyLong_FromVoidPtr(arr);
+    if (!id)
+        return NULL;
+    int first = first_sight(w, id); /* the same array twice is sent once: tree.py keeps that bookkeeping */
+    Py_DECREF(id);
+    if (first <= 0) {
+        w->bail = first == 0;
+        return NULL;
+    }
+    PyObject *dtype = PyObject_GetAttr(arr, k_dtype);
+    if (!dtype)
+        return NULL;
+    PyObject *row = PyDict_GetItemWithError(w->numpy_rows, dtype); /* borrowed */
+    Py_DECREF(dtype);
+    if (!row) {
+        w->bail = !PyErr_Occurred();
+        return NULL;
+    }
+    return add_leaf(w, 1, row, arr);
+}
+
+static PyObject *walk_torch(Walk *w, PyObject *t)
+{
+    PyObject *dtype = PyObject_GetAttr(t, k_dtype);
+    if (!dtype)
+        return NULL;
+    PyObject *row = PyDict_GetItemWithError(w->torch_rows, dtype); /* borrowed */
+    Py_DECREF(dtype);
+    if (!row) {
+        w->bail = !PyErr_Occurred();
+        return NULL;
+    }
+    PyObject *ptr = PyObject_CallMethodNoArgs(t, k_data_ptr);
+    if (!ptr) { /* sparse and other storage-less layouts: tree.py words the error */
+        PyErr_Clear();
+        w->bail = 1;
+        return NULL;
+    }
+    int first = first_sight(w, ptr); /* tied weights: tree.py compares layouts */
+    Py_DECREF(ptr);
+    if (first <= 0) {
+        w->bail = first == 0;
+        return NULL;
+    }
+    PyObject *arr = PyObject_CallMethodNoArgs(t, k_numpy);
+    if (!arr) { /* grad, conjugate or negative bit, not on the CPU: tree.py's general path */
+        PyErr_Clear();
+        w->bail = 1;
+        return NULL;
+    }
+    PyObject *ref = add_leaf(w, 2, row, arr);
+    Py_DECREF(arr);
+    return ref;
+}
+
+static PyObject *walk(Walk *w, PyObject *obj, int depth)
+{
+    PyTypeObject *t = Py_TYPE(obj);
+    if (t == &PyUnicode_Type || t == &PyFloat_Type || t == &PyBool_Type || t == &PyBytes_Type || obj == Py_None) {
+        Py_INCREF(obj);
+        return obj;
+    }
+    if (t == &PyLong_Type) {
+        int overflow;
+        PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (overflow > 0) {
+            PyLong_AsUnsignedLongLong(obj);
+            if (PyErr_Occurred()) { /* beyond 64 bits: tree.py's ext type 5 */
+                PyErr_Clear();
+                w->bail = 1;
+                return NULL;
+            }
+        } else if (overflow < 0 || PyErr_Occurred()) {
+            PyErr_Clear();
+            w->bail = 1;
+            return NULL;
+        }
+        Py_INCREF(obj);
+        return obj;
+    }
+    if ((PyObject *)t == w->ndarray_type)
+        return walk_numpy(w, obj);
+    Py_ssize_t k, n = PyTuple_GET_SIZE(w->tensor_types);
+    for (k = 0; k < n; k++)
+        if ((PyObject *)t == PyTuple_GET_ITEM(w->tensor_types, k))
+            return walk_torch(w, obj);
+    if (depth >= w->max_depth || (t != &PyDict_Type && t != &PyList_Type)) {
+        w->bail = 1; /* too deep, tuples and everything else: tree.py walks it and words any error */
+        return NULL;
+    }
+    if (Py_EnterRecursiveCall(" in tensorcodec._fastwire.plain_walk"))
+        return NULL;
+    PyObject *out = NULL;
+    if (t == &PyDict_Type) {
+        out = PyDict_New();
+        PyObject *key, *value;
+        Py_ssize_t pos = 0;
+        while (out && PyDict_Next(obj, &pos, &key, &value)) {
+            if (!PyUnicode_CheckExact(key)) {
+                w->bail = 1;
+                Py_CLEAR(out);
+                break;
+            }
+            Py_INCREF(key);
+            Py_INCREF(value); /* the walk may run Python code (numpy(), data_ptr()) */
+            PyObject *item = walk(w, value, depth + 1);
+            if (!item || PyDict_SetItem(out, key, item) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+    } else {
+        Py_ssize_t size = PyList_GET_SIZE(obj);
+        out = PyList_New(0);
+        for (k = 0; out && k < size && k < PyList_GET_SIZE(obj); k++) {
+            PyObject *value = PyList_GET_ITEM(obj, k);
+            Py_INCREF(value);
+            PyObject *item = walk(w, value, depth + 1);
+            Py_DECREF(value);
+            if (!item || PyList_Append(out, item) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(item);
+        }
+        if (out && PyList_GET_SIZE(out) != PyList_GET_SIZE(obj)) { /* the list changed under us */
+            w->bail = 1;
+            Py_CLEAR(out);
+        }
+    }
+    Py_LeaveRecursiveCall();
+    return out;
+}
+
+/* plain_walk(obj, max_depth, numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type, ext_type, empty)
+ *   -> (tree, leaves) or None
+ * tree.flatten's walk for the common trees: dicts (str keys), lists, str, bytes, float, bool, None,
+ * 64-bit ints, and C-contiguous numpy arrays / CPU torch tensors of numpy's own dtypes, each
+ * object once. Anything else (tuples, tied tensors, big ints, subclasses, other dtypes, too deep)
+ * gives None, and tree.py walks the tree itself. */
+static PyObject *plain_walk(PyObject *self, PyObject *args)
+{
+    Walk w;
+    memset(&w, 0, sizeof w);
+    PyObject *obj;
+    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!O", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
+                          &w.torch_rows, &w.ndarray_type, &PyTuple_Type, &w.tensor_types, &PyType_Type, &w.leaf_type,
+                          &PyType_Type, &w.ext_type, &w.empty))
+        return NULL;
+    if (!PyType_IsSubtype(w.leaf_type, &PyTuple_Type) || !PyType_IsSubtype(w.ext_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "leaf_type and ext_type must be tuple subclasses");
+        return NULL;
+    }
+    w.leaves = PyList_New(0);
+    w.seen = PySet_New(NULL);
+    if (!w.leaves || !w.seen) {
+        Py_XDECREF(w.leaves);
+        Py_XDECREF(w.seen);
+        return NULL;
+    }
+    PyObject *tree = walk(&w, obj, 0);
+    Py_DECREF(w.seen);
+    if (!tree) {
+        Py_DECREF(w.leaves);
+        if (PyErr_Occurred())
+            return NULL;
+        Py_RETURN_NONE; /* w.bail */
+    }
+    return Py_BuildValue("(NN)", tree, w.leaves);
+}
+
 static PyMethodDef methods[] = {
+    {"plain_walk", plain_walk, METH_VARARGS, "tree.flatten's walk for common trees, or None (see tree.py)."},
     {"first_nonzero", first_nonzero, METH_VARARGS, "Offset of the first nonzero byte in runs of a buffer, or -1."},
     {"layout", layout, METH_VARARGS, "Validated layout of the raw entries of a tensor table (see wire.py)."},
     {"join_into", join_into, METH_VARARGS, "b\"\".join(frames) into a writable buffer; returns the bytes written."},
@@ -251,4 +523,16 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastwire", "The wire format's per-tensor loops in C.", -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastwire(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastwire(void)
+{
+    k_dtype = PyUnicode_InternFromString("dtype");
+    k_flags = PyUnicode_InternFromString("flags");
+    k_c_contiguous = PyUnicode_InternFromString("c_contiguous");
+    k_shape = PyUnicode_InternFromString("shape");
+    k_size = PyUnicode_InternFromString("size");
+    k_numpy = PyUnicode_InternFromString("numpy");
+    k_data_ptr = PyUnicode_InternFromString("data_ptr");
+    if (!k_dtype || !k_flags || !k_c_contiguous || !k_shape || !k_size || !k_numpy || !k_data_ptr)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import dtypes
+from . import dtypes, wire
 from .arrays import _LITTLE, _NUMPY_NATIVE, NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
 from .codecs import Quantized
 from .dtypes import _BY_NUMPY
@@ -262,7 +262,6 @@ def _bigint(v: int) -> msgpack.ExtType:
 
 def _device_leaf(t: Any) -> Leaf | None:
     """A placeholder leaf (no bytes yet) for a tensor left on its accelerator."""
-    from . import dtypes
 
     row = dtypes.from_torch(t.dtype)
     if row is None:
@@ -285,12 +284,35 @@ def flatten(
     (unsupported object) or ValueError (too deep) naming the path of the
     offending object.
     """
+    fast = wire.fast_loops()
+    if fast is not None and not names and devices is None:
+        done = fast.plain_walk(obj, max_depth, *_plain_walk_tables())
+        if done is not None:
+            return _pack(done[0]), done[1], None
     f = _Flattener(max_depth, names, devices)
     try:
         tree = f.walk(obj, 0)
     except _PathError as e:
         raise e.exc_type(f"{format_path(e.path[::-1])}: {e.message}") from None
     return _pack(tree), f.leaves, f.names
+
+
+def _plain_walk_tables() -> tuple[Any, ...]:
+    """What ``_fastwire.plain_walk`` needs: dtype tables of numpy's own dtypes, the types it handles."""
+    torch = sys.modules.get("torch")
+    global _TABLES
+    if _TABLES is None or (torch is not None and not _TABLES[3]):
+        numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in _NUMPY_NATIVE}
+        torch_rows: dict[Any, Any] = {}
+        tensor_types: tuple[Any, ...] = ()
+        if torch is not None:
+            torch_rows = {t: row for t, row in dtypes._torch_table().items() if row.name in _NUMPY_NATIVE}
+            tensor_types = (torch.Tensor, torch.nn.Parameter)
+        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY)
+    return _TABLES
+
+
+_TABLES: tuple[Any, ...] | None = None
 
 
 def unflatten(

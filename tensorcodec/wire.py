@@ -46,6 +46,7 @@ __all__ = [
     "parse_entry",
     "aligned",
     "copy_frames",
+    "fast_loops",
     "FAST_COPY",
 ]
 
@@ -459,6 +460,11 @@ def _bad_dims(i: int, dims: list[Any]) -> str:
 
 _PADDING_LOOP_MAX = 256
 """Up to this many padding runs a plain loop is cheaper than a vectorized check."""
+
+
+def fast_loops() -> Any:
+    """The C loops (``tensorcodec._fastwire``), or None where they were not built or are switched off."""
+    return _fastwire
 
 
 FAST_COPY = _fastwire is not None

@@ -11,8 +11,11 @@ import numpy as np
 import pytest
 import torch
 from _helpers import pack
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tensorcodec import DecodeError, encode
+from tensorcodec import DecodeError, encode, wire
+from tensorcodec.testing import strategies
 from tensorcodec.tree import EXT_BIGINT, EXT_BYTEARRAY, EXT_TUPLE, flatten, format_path, unflatten
 
 
@@ -248,3 +251,83 @@ def test_floats_of_either_width_are_accepted() -> None:
 def test_big_int_payloads_decode_as_signed() -> None:
     assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\xff"))) == -1
     assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\x00" * 9 + b"\x01"))) == 2**72
+
+
+# -- the C walk (tensorcodec._fastwire.plain_walk) against the Python one -----------------------------------------
+
+_BUILT = wire.fast_loops()  # read at import: the module-scoped wire_impl fixture switches it
+
+
+def _flatten_both_ways(obj: Any, max_depth: int = 64) -> list[Any]:
+    """flatten's tree bytes and leaves (data as bytes), or the error it raised, with and without the C walk."""
+    before = wire._fastwire
+    results: list[Any] = []
+    try:
+        for impl in (_BUILT, None):
+            wire._fastwire = impl
+            try:
+                tree_bytes, leaves, _ = flatten(obj, max_depth)
+                results.append(
+                    (tree_bytes, [(lf.kind, lf.dtype, lf.shape, lf.data.tobytes(), lf.encoded) for lf in leaves])
+                )
+            except (TypeError, ValueError) as e:
+                results.append(f"{type(e).__name__}: {e}")
+    finally:
+        wire._fastwire = before
+    return results
+
+
+def _odd_tensors() -> st.SearchStrategy[Any]:
+    """Leaves that the C walk must hand back to Python: views, strided, tied, grad, big ints, subclasses."""
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    t = torch.arange(6.0).reshape(2, 3)
+    return st.sampled_from(
+        [
+            base,
+            base.T,
+            base[:, 1],
+            base.astype(">f4"),
+            np.ma.masked_array([1, 2]),
+            t,
+            t.T,
+            t.requires_grad_(False).clone().requires_grad_(True),
+            torch.ones(2, dtype=torch.bfloat16),
+            torch.zeros(0),
+            2**64,
+            -(2**63) - 1,
+            2**64 - 1,
+            True,
+            b"\x00",
+            bytearray(b"x"),
+        ]
+    )
+
+
+@pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+@given(
+    st.one_of(
+        strategies.trees(),
+        st.recursive(
+            _odd_tensors(),
+            lambda c: st.one_of(
+                st.lists(c, max_size=3), st.dictionaries(st.sampled_from(["a", "b", "c"]), c, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+    ),
+    st.integers(0, 5),
+)
+def test_c_walk_agrees_with_python(obj: Any, max_depth: int) -> None:
+    fast, python = _flatten_both_ways(obj, max_depth)
+    assert fast == python
+
+
+@pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+def test_c_walk_shares_nothing_it_should_not() -> None:
+    a = np.arange(3.0)
+    t = torch.ones(4)
+    obj = {"a": a, "again": a, "t": t, "tied": t, "k": {1: 2}}
+    assert _flatten_both_ways({"a": a, "again": a})[0] == _flatten_both_ways({"a": a, "again": a})[1]
+    assert _flatten_both_ways({"t": t, "tied": t[:]})[0] == _flatten_both_ways({"t": t, "tied": t[:]})[1]
+    fast, python = _flatten_both_ways(obj)
+    assert fast == python and "not a str" in fast
