@@ -252,6 +252,7 @@ typedef struct {
     PyTypeObject *leaf_type;
     PyTypeObject *ext_type;
     PyObject *empty;   /* the empty uint8 array of a zero-size leaf */
+    PyObject *numpy_refs, *torch_refs; /* tree._REFS[1], tree._REFS[2] */
     PyObject *leaves;  /* list being filled */
     PyObject *seen;    /* set of ids (numpy) and data pointers (torch) met so far */
     int bail;          /* set when the tree needs tree.py's general walk; no exception then */
@@ -259,8 +260,29 @@ typedef struct {
 
 static PyObject *k_dtype, *k_flags, *k_c_contiguous, *k_shape, *k_size, *k_numpy, *k_data_ptr;
 
-/* msgpack.ExtType(kind, index as 1, 2 or 4 little-endian bytes), as tree._ref makes it. */
+static PyObject *new_reference(Walk *w, long kind, Py_ssize_t index);
+
+/* msgpack.ExtType(kind, index as 1, 2 or 4 little-endian bytes), as tree._ref makes it: taken from
+ * tree._REFS[kind], which interns the first 65536 and which this extends as tree._ref does. */
 static PyObject *reference(Walk *w, long kind, Py_ssize_t index)
+{
+    PyObject *refs = kind == 1 ? w->numpy_refs : w->torch_refs;
+    if (index >= 0x10000)
+        return new_reference(w, kind, index);
+    while (PyList_GET_SIZE(refs) <= index) {
+        PyObject *ref = new_reference(w, kind, PyList_GET_SIZE(refs));
+        if (!ref || PyList_Append(refs, ref) < 0) {
+            Py_XDECREF(ref);
+            return NULL;
+        }
+        Py_DECREF(ref);
+    }
+    PyObject *ref = PyList_GET_ITEM(refs, index);
+    Py_INCREF(ref);
+    return ref;
+}
+
+static PyObject *new_reference(Walk *w, long kind, Py_ssize_t index)
 {
     unsigned char le[4] = {(unsigned char)index, (unsigned char)(index >> 8), (unsigned char)(index >> 16),
                            (unsigned char)(index >> 24)};
@@ -474,8 +496,8 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
     return out;
 }
 
-/* plain_walk(obj, max_depth, numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type, ext_type, empty)
- *   -> (tree, leaves) or None
+/* plain_walk(obj, max_depth, numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type, ext_type, empty,
+ *            numpy_refs, torch_refs) -> (tree, leaves) or None
  * tree.flatten's walk for the common trees: dicts (str keys), lists, str, bytes, float, bool, None,
  * 64-bit ints, and C-contiguous numpy arrays / CPU torch tensors of numpy's own dtypes, each
  * object once. Anything else (tuples, tied tensors, big ints, subclasses, other dtypes, too deep)
@@ -485,9 +507,10 @@ static PyObject *plain_walk(PyObject *self, PyObject *args)
     Walk w;
     memset(&w, 0, sizeof w);
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!O", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
+    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!OO!O!", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
                           &w.torch_rows, &w.ndarray_type, &PyTuple_Type, &w.tensor_types, &PyType_Type, &w.leaf_type,
-                          &PyType_Type, &w.ext_type, &w.empty))
+                          &PyType_Type, &w.ext_type, &w.empty, &PyList_Type, &w.numpy_refs, &PyList_Type,
+                          &w.torch_refs))
         return NULL;
     if (!PyType_IsSubtype(w.leaf_type, &PyTuple_Type) || !PyType_IsSubtype(w.ext_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "leaf_type and ext_type must be tuple subclasses");

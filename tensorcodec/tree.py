@@ -308,7 +308,8 @@ def _plain_walk_tables() -> tuple[Any, ...]:
         if torch is not None:
             torch_rows = {t: row for t, row in dtypes._torch_table().items() if row.name in _NUMPY_NATIVE}
             tensor_types = (torch.Tensor, torch.nn.Parameter)
-        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY)
+        refs = (_REFS[NUMPY], _REFS[TORCH])
+        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY, *refs)
     return _TABLES
 
 
