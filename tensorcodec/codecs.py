@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from typing import Any, ClassVar
 
@@ -48,6 +48,9 @@ FLOAT_SOURCES = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 Segments = dict[str, tuple[str, np.ndarray[Any, Any]]]
 """name -> (role, array): role is "payload" (the values) or "meta" (scales, tables, statistics)."""
+
+DecodeItem = tuple[Mapping[str, np.ndarray[Any, Any]], Mapping[str, Any], int]
+"""One tensor for ``Codec.decode_batch``: its segments, its params and its element count."""
 
 
 class Encoded:
@@ -122,6 +125,15 @@ class Codec:
     ) -> np.ndarray[Any, Any]:
         raise NotImplementedError
 
+    def decode_batch(self, items: Sequence[DecodeItem], dtype: DType) -> list[np.ndarray[Any, Any]]:
+        """``decode`` of many small tensors of one dtype, each item ``(segments, params, count)``.
+
+        Override where one call can do them all faster. An override must check every item as
+        ``decode`` does and give the same arrays, each with memory of its own (not views of one
+        shared buffer, which one kept tensor would keep alive whole).
+        """
+        return [self.decode(segments, params, dtype, count) for segments, params, count in items]
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
@@ -140,11 +152,12 @@ class Codec:
         arr = segments.get(name)
         if arr is None:
             raise DecodeError(f"segment {name!r} is missing")
-        if dtypes.from_numpy(arr.dtype) is not dtypes.by_name(dtype):
+        row = dtypes.BY_NAME.get(dtype)
+        if (row is None or arr.dtype is not row.numpy) and dtypes.from_numpy(arr.dtype) is not row:
             raise DecodeError(f"segment {name!r} has dtype {arr.dtype}, expected {dtype}")
         if arr.size != count:
             raise DecodeError(f"segment {name!r} has {arr.size} elements, expected {count}")
-        return arr.reshape(-1)
+        return arr if arr.ndim == 1 else arr.reshape(-1)
 
     @staticmethod
     def param(params: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
@@ -615,10 +628,21 @@ class Blockwise8(Codec):
     ) -> np.ndarray[Any, Any]:
         from . import kernels
 
-        codes = self.segment(segments, "codes", "uint8", count)
-        absmax = self.segment(segments, "absmax", "float32", -(-count // self.blocksize))
+        codes, absmax = self._read(segments, count)
         values = kernels.dequantize_blockwise8(codes, absmax, self.blocksize, _kernel_target(dtype))
         return _restore(np.asarray(values), dtype)
+
+    def decode_batch(self, items: Sequence[DecodeItem], dtype: DType) -> list[np.ndarray[Any, Any]]:
+        from . import kernels
+
+        pairs = [self._read(segments, count) for segments, _, count in items]
+        values = kernels.dequantize_blockwise8_batch(pairs, self.blocksize, _kernel_target(dtype))
+        return [v.astype(dtype.numpy) for v in values]  # each its own copy, in the source dtype
+
+    def _read(self, segments: Mapping[str, np.ndarray[Any, Any]], count: int) -> tuple[Any, Any]:
+        """The checked ``(codes, absmax)`` of one tensor."""
+        codes = self.segment(segments, "codes", "uint8", count)
+        return codes, self.segment(segments, "absmax", "float32", -(-count // self.blocksize))
 
 
 _BLOCKSIZES_8 = (64, 128, 256, 512, 1024, 2048, 4096)
@@ -683,15 +707,18 @@ class Quant4(Codec):
             segments: Segments = {"codes": ("payload", none8), "absmax_codes": ("meta", none8)}
             return Encoded({**segments, "absmax_scale": ("meta", none32)}, {"offset": 0.0})
         packed, absmax = kernels.quantize_4bit(_kernel_source(x), self.quant_type, self.blocksize)
-        return self._with_statistics(packed, absmax, kernels.quantize_absmax)
+        return self._with_statistics(packed, absmax, kernels.quantize_absmax(absmax) if self.double_quant else None)
 
     def encode_batch(self, xs: list[np.ndarray[Any, Any]]) -> list[Encoded]:
         from . import kernels
 
-        if any(x.size == 0 for x in xs):
-            return [self.encode(x) for x in xs]
-        results = kernels.quantize_4bit_batch([_kernel_source(x) for x in xs], self.quant_type, self.blocksize)
-        return [self._with_statistics(packed, absmax, kernels.quantize_absmax) for packed, absmax in results]
+        sources = [_kernel_source(x) for x in xs if x.size]  # an empty tensor has a layout of its own
+        quantized = kernels.quantize_4bit_batch(sources, self.quant_type, self.blocksize)
+        stats: list[Any] = [None] * len(quantized)
+        if self.double_quant:
+            stats = kernels.quantize_absmax_batch([absmax for _, absmax in quantized])
+        done = iter([self._with_statistics(p, a, s) for (p, a), s in zip(quantized, stats, strict=True)])
+        return [next(done) if x.size else self.encode(x) for x in xs]
 
     def encode_torch(self, t: Any) -> Encoded | None:
         from . import kernels
@@ -700,19 +727,16 @@ class Quant4(Codec):
             return None
         packed, absmax = kernels.quantize_4bit_torch(t, self.quant_type, self.blocksize)
         if not self.double_quant:
-            return self._with_statistics(_host(packed), _host(absmax), kernels.quantize_absmax)
+            return self._with_statistics(_host(packed), _host(absmax), None)
+        offset, codes, nested = kernels.quantize_absmax_torch(absmax)
+        return self._with_statistics(_host(packed), None, (np.float32(offset.item()), _host(codes), _host(nested)))
 
-        def on_device(_: Any) -> tuple[Any, Any, Any]:
-            offset, codes, nested = kernels.quantize_absmax_torch(absmax)
-            return np.float32(offset.item()), _host(codes), _host(nested)
-
-        return self._with_statistics(_host(packed), None, on_device)
-
-    def _with_statistics(self, packed: Any, absmax: Any, quantize_absmax: Callable[[Any], Any]) -> Encoded:
-        """The segments of quantized codes and block statistics, double-quantized if configured."""
-        if not self.double_quant:
+    def _with_statistics(self, packed: Any, absmax: Any, stats: tuple[Any, Any, Any] | None) -> Encoded:
+        """The segments of quantized codes and block statistics: ``absmax``, or with ``double_quant`` its
+        ``(offset, codes, nested)`` from ``quantize_absmax``."""
+        if stats is None:
             return Encoded({"codes": ("payload", packed), "absmax": ("meta", absmax)})
-        offset, codes, nested = quantize_absmax(absmax)
+        offset, codes, nested = stats
         if not math.isfinite(float(offset)):
             # The fp32 mean of the statistics overflowed (Inf/NaN inputs, or magnitudes near 3.4e38):
             # every block would decode as NaN, silently.
@@ -730,21 +754,33 @@ class Quant4(Codec):
     ) -> np.ndarray[Any, Any]:
         from . import kernels
 
-        nblocks = -(-count // self.blocksize)
-        packed = self.segment(segments, "codes", "uint8", packed_size(count, 4))
-        if self.double_quant:
-            codes = self.segment(segments, "absmax_codes", "uint8", nblocks)
-            nested = self.segment(segments, "absmax_scale", "float32", -(-nblocks // 256))
-            offset = np.float32(self.param(params, "offset", float))
-            if count == 0:
-                return np.zeros(0, dtype.numpy)
-            absmax = kernels.dequantize_absmax(offset, codes, nested)
-        else:
-            absmax = self.segment(segments, "absmax", "float32", nblocks)
-            if count == 0:
-                return np.zeros(0, dtype.numpy)
+        packed, stats = self._read(segments, params, count)
+        if count == 0:
+            return np.zeros(0, dtype.numpy)
+        absmax = kernels.dequantize_absmax(*stats) if self.double_quant else stats
         values = kernels.dequantize_4bit(packed, absmax, count, self.quant_type, self.blocksize, _kernel_target(dtype))
         return _restore(np.asarray(values), dtype)
+
+    def decode_batch(self, items: Sequence[DecodeItem], dtype: DType) -> list[np.ndarray[Any, Any]]:
+        from . import kernels
+
+        read = [self._read(segments, params, count) for segments, params, count in items]
+        stats = [s for _, s in read]
+        absmaxes = kernels.dequantize_absmax_batch(stats) if self.double_quant else stats
+        work = [(packed, absmax, n) for (packed, _), absmax, (_, _, n) in zip(read, absmaxes, items, strict=True)]
+        values = kernels.dequantize_4bit_batch(work, self.quant_type, self.blocksize, _kernel_target(dtype))
+        return [v.astype(dtype.numpy) for v in values]  # each its own copy, in the source dtype
+
+    def _read(self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], count: int) -> Any:
+        """The checked packed codes of one tensor and its statistics: ``absmax``, or with ``double_quant``
+        ``(offset, codes, nested)``."""
+        nblocks = -(-count // self.blocksize)
+        packed = self.segment(segments, "codes", "uint8", packed_size(count, 4))
+        if not self.double_quant:
+            return packed, self.segment(segments, "absmax", "float32", nblocks)
+        codes = self.segment(segments, "absmax_codes", "uint8", nblocks)
+        nested = self.segment(segments, "absmax_scale", "float32", -(-nblocks // 256))
+        return packed, (np.float32(self.param(params, "offset", float)), codes, nested)
 
 
 # ---------------------------------------------------------------------------- pre-encoded tensors
@@ -840,6 +876,24 @@ MAX_STAGES = 4
 """Longest codec chain a decoder accepts."""
 
 
+BuiltCodecs = dict[tuple[str, str], Codec]
+"""Codecs already rebuilt from (codec id, repr of the config), for one decode call."""
+
+
+def build_codec(codec_id: str, config: dict[str, Any], built: BuiltCodecs | None = None) -> Codec:
+    """The codec a message names, rebuilt from its config; only once per config when given ``built``."""
+    if built is None:
+        return _build(codec_id, config)
+    try:
+        key = (codec_id, repr(config))  # repr tells 1, 1.0 and True apart, which compare equal
+    except RecursionError:  # a hostile, deeply nested config: the build refuses it
+        return _build(codec_id, config)
+    codec = built.get(key)
+    if codec is None:
+        codec = built[key] = _build(codec_id, config)
+    return codec
+
+
 def _build(codec_id: str, config: dict[str, Any]) -> Codec:
     cls = get_codec(codec_id)
     try:
@@ -860,10 +914,30 @@ def _run_decode(
         raise DecodeError(f"codec {cid!r}: {e}") from None
     except (TypeError, ValueError, IndexError, OverflowError) as e:
         raise DecodeError(f"codec {cid!r} failed: {type(e).__name__}: {e}") from None
+    return _checked(cid, out, dtype, count)
+
+
+def _checked(cid: str, out: Any, dtype: DType, count: int) -> np.ndarray[Any, Any]:
+    """A codec's result, flat, after checking that it is what was asked for."""
     if not isinstance(out, np.ndarray) or out.dtype != dtype.numpy or out.size != count:
         got = getattr(out, "dtype", type(out))
         raise DecodeError(f"codec {cid!r} returned {got}, expected {count} x {dtype.name}")
-    return out.reshape(-1)
+    return out if out.ndim == 1 else out.reshape(-1)
+
+
+def decode_batch(codec: Codec, items: Sequence[DecodeItem], dtype: DType) -> list[np.ndarray[Any, Any]]:
+    """Single-stage tensors of one codec and dtype, by one ``decode_batch`` call, checked as ``decode_segments`` does.
+
+    On a DecodeError (or anything a codec raises) the caller decodes the tensors one by one, so that
+    the error names its tensor.
+    """
+    cid = codec.codec_id
+    if dtype.name not in codec.sources:
+        raise DecodeError(f"codec {cid!r} cannot produce dtype {dtype.name}")
+    outs = codec.decode_batch(items, dtype)
+    if len(outs) != len(items):
+        raise DecodeError(f"codec {cid!r} decoded {len(outs)} of a batch of {len(items)} tensors")
+    return [_checked(cid, out, dtype, count) for out, (_, _, count) in zip(outs, items, strict=True)]
 
 
 def decode_segments(
@@ -871,15 +945,17 @@ def decode_segments(
     segments: dict[str, np.ndarray[Any, Any]],
     dtype: DType,
     count: int,
+    built: BuiltCodecs | None = None,
 ) -> np.ndarray[Any, Any]:
     """Runs a tensor's stage chain backwards; every failure becomes a DecodeError.
 
     Every stage but the last must hand its output to the next as the segment
-    "data" (an array-to-array stage such as ``Cast``).
+    "data" (an array-to-array stage such as ``Cast``). ``built`` keeps the
+    codecs rebuilt from the configs, to reuse for the next tensor.
     """
     if len(stages) > MAX_STAGES:
         raise DecodeError(f"{len(stages)} stages exceed the limit of {MAX_STAGES}")
-    codecs = [_build(cid, cfg) for cid, cfg, _ in stages]
+    codecs = [build_codec(cid, cfg, built) for cid, cfg, _ in stages]
     dts = [dtype]
     for codec in codecs[:-1]:
         if dts[-1].name not in codec.sources:

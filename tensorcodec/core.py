@@ -23,7 +23,7 @@ from .arrays import (
     leaf_from_torch,
     values,
 )
-from .codecs import Codec, Encoded, decode_segments, encode_chain
+from .codecs import BuiltCodecs, Codec, Encoded, build_codec, decode_batch, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
 from .tree import flatten, unflatten
@@ -36,6 +36,8 @@ Framework = Literal["numpy", "torch"]
 
 _BATCH_MAX_ELEMENTS = 1 << 16
 """Tensors up to this size that share a codec are encoded in one batch call (per-call overhead dominates them)."""
+_DECODE_BATCH = 256
+"""Most tensors per ``decode_batch`` call."""
 
 
 def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Any]]:
@@ -66,7 +68,8 @@ def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max
                 entry, data = leaf.encoded.wire_entry()
             else:
                 name = names[i] if names is not None else ""
-                entry, data = _encode_leaf(chains[i], leaf, name, devices.get(i), encoded.get(i))
+                # pop: a batch result dies once its entry is built, which spares garbage collections
+                entry, data = _encode_leaf(chains[i], leaf, name, devices.get(i), encoded.pop(i, None))
             entries.append(entry)
             segments.extend(data)
     sums = [wire.CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
@@ -122,7 +125,10 @@ def _encode_leaf(
         if row is None or role not in wire.ROLES:
             raise TypeError(f"tensor {name!r}: a codec produced segment {seg_name!r} of {arr.dtype}/{role!r}")
         described.append([seg_name, role, row.name, list(arr.shape)])
-        data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
+        if _LITTLE and row.name in _NUMPY_NATIVE and arr.dtype.isnative and arr.flags.c_contiguous:
+            data.append(arr)  # exports its bytes as they are, like a raw leaf
+        else:
+            data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
     return [leaf.dtype.name, leaf.shape, stages, described], data
 
 
@@ -311,6 +317,7 @@ def decode(
     make = Materializer(copy, device)
     single = rope.parts[0] if len(rope.parts) == 1 else None
     cache: dict[int, Any] = {}
+    coded = _Coded(entries, offsets, rope)
     views: list[Any] = []
     ndarray = np.ndarray
     if single is not None and _LITTLE:
@@ -347,7 +354,7 @@ def decode(
         entry = entries[index]
         try:
             if entry.stages:
-                return _decode_coded(entry, offsets, rope, make, kind)
+                return coded.tensor(index, make, kind)
             if view is not None:
                 if kind == NUMPY:
                     return view.copy()  # (copy=True: views were returned as they are)
@@ -369,6 +376,9 @@ def decode(
             return make.scalar(entry.dtype, entry.shape, entry.nbytes, buf, offset)
         except TypeError as e:
             raise DecodeError(f"tensor {index}: {e}") from None
+        except DecodeError as e:
+            e.args = (f"tensor {index}: {e}",)  # (keeps the subclass and its attributes)
+            raise
 
     return unflatten(header.tree, tensor, len(entries), limits.max_depth)
 
@@ -380,14 +390,89 @@ def _torch_from_numpy() -> Any:
     return torch.from_numpy
 
 
-def _decode_coded(entry: wire.Entry, offsets: list[int], rope: Rope, make: Materializer, kind: int) -> Any:
-    """Dequantize one encoded tensor into the requested framework."""
+class _Coded:
+    """The encoded tensors of one message, for one decode call.
+
+    At the first one asked for, the small single-stage ones are decoded in batches: one
+    ``decode_batch`` call per codec config and dtype, since per-call overhead dominates small
+    tensors. A batch that fails is left to the one-by-one path, whose error names the tensor.
+    """
+
+    def __init__(self, entries: list[wire.Entry], offsets: list[int], rope: Rope) -> None:
+        self.entries = entries
+        self.offsets = offsets
+        self.rope = rope
+        self.built: BuiltCodecs = {}
+        self.done: dict[int, np.ndarray[Any, Any]] | None = None
+
+    def tensor(self, index: int, make: Materializer, kind: int) -> Any:
+        if self.done is None:
+            self.done = self._batches()
+        entry = self.entries[index]
+        flat = self.done.pop(index, None)  # once: a reference of another kind gets arrays of its own
+        if flat is None:
+            segments = _segment_views(entry, self.offsets, self.rope)
+            count = entry.nbytes // entry.dtype.itemsize
+            flat = decode_segments(entry.stages, segments, entry.dtype, count, self.built)
+        return _converted(flat, entry, make, kind)
+
+    def _batches(self) -> dict[int, np.ndarray[Any, Any]]:
+        done: dict[int, np.ndarray[Any, Any]] = {}
+        for (codec_id, _, dtype), members in self._groups().items():
+            if len(members) > 1:
+                # In slices, so that the per-tensor objects of a call die young: the garbage
+                # collector's full passes, costly in a process that holds torch, come less often.
+                for k in range(0, len(members), _DECODE_BATCH):
+                    self._batch(codec_id, dtype, members[k : k + _DECODE_BATCH], done)
+        return done
+
+    def _groups(self) -> dict[tuple[str, str, dtypes.DType], list[int]]:
+        """Small single-stage entries by codec id, config and dtype."""
+        groups: dict[tuple[str, str, dtypes.DType], list[int]] = {}
+        for i, entry in enumerate(self.entries):
+            if len(entry.stages) == 1 and entry.nbytes <= _BATCH_MAX_ELEMENTS * entry.dtype.itemsize:
+                codec_id, config, _ = entry.stages[0]
+                try:
+                    key = (codec_id, repr(config), entry.dtype)  # repr tells 1, 1.0 and True apart
+                except RecursionError:  # a hostile, deeply nested config: the one-by-one path refuses it
+                    continue
+                groups.setdefault(key, []).append(i)
+        return groups
+
+    def _batch(self, codec_id: str, dtype: dtypes.DType, members: list[int], done: dict[int, Any]) -> None:
+        """Decodes ``members`` into ``done`` by one call, or leaves them all to the one-by-one path."""
+        entries = self.entries
+        try:
+            codec = build_codec(codec_id, entries[members[0]].stages[0][1], self.built)
+            items = [
+                (
+                    _segment_views(entries[i], self.offsets, self.rope),
+                    entries[i].stages[0][2],
+                    entries[i].nbytes // dtype.itemsize,
+                )
+                for i in members
+            ]
+            done.update(zip(members, decode_batch(codec, items, dtype), strict=True))
+        except Exception:  # whatever failed, the one-by-one path raises it again, naming its tensor
+            return
+
+
+def _segment_views(entry: wire.Entry, offsets: list[int], rope: Rope) -> dict[str, np.ndarray[Any, Any]]:
+    """Read-only views of an encoded tensor's segments, by name."""
     segments = {}
+    first = entry.first_segment
+    single = rope.parts[0] if len(rope.parts) == 1 and _LITTLE else None
     for j, seg in enumerate(entry.segments):
-        buf, offset, _ = rope.locate(offsets[entry.first_segment + j], seg.nbytes)
-        segments[seg.name] = Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, offset)
-    count = entry.nbytes // entry.dtype.itemsize
-    flat = decode_segments(entry.stages, segments, entry.dtype, count)
+        if single is not None and seg.nbytes:  # (positional: np.ndarray parses keywords three times slower)
+            segments[seg.name] = np.ndarray(seg.shape, seg.dtype.numpy, single, offsets[first + j])
+        else:
+            buf, offset, _ = rope.locate(offsets[first + j], seg.nbytes)
+            segments[seg.name] = Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, offset)
+    return segments
+
+
+def _converted(flat: np.ndarray[Any, Any], entry: wire.Entry, make: Materializer, kind: int) -> Any:
+    """A decoded tensor's values in its shape and the requested framework."""
     arr = flat.reshape(entry.shape)
     if kind == SCALAR:
         return arr[()]

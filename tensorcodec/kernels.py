@@ -79,6 +79,7 @@ except ImportError:  # built without a C compiler: numpy does everything
 
 __all__ = [
     "dequantize_4bit_batch",
+    "dequantize_absmax_batch",
     "dequantize_blockwise8_batch",
     "quantize_4bit_batch",
     "quantize_blockwise8_batch",
@@ -100,6 +101,7 @@ __all__ = [
     "quantize_4bit",
     "quantize_4bit_torch",
     "quantize_absmax",
+    "quantize_absmax_batch",
     "quantize_absmax_torch",
     "quantize_blockwise8",
     "quantize_blockwise8_torch",
@@ -1342,7 +1344,7 @@ def _grouped_seq_sum(rows: F32Array, step: int) -> tuple[F32Array, F32Array]:
     ng = rows.shape[0] // step
     grouped = rows[: ng * step].reshape(ng, step, *rows.shape[1:])
     sums = np.zeros((ng, *rows.shape[1:]), dtype=np.float32)
-    for j in range(step):
+    for j in range(step if ng else 0):  # (no group: nothing to add, and short inputs are the common case)
         sums += grouped[:, j]
     return sums, _seq_sum(rows[ng * step :])
 
@@ -1372,17 +1374,22 @@ def _row_sum(rows: F32Array) -> F32Array:
 
 
 def _chunk_sum(x: F32Array, width: int) -> np.float32:
-    n = x.size
+    return np.float32(_chunk_sums(x[:, None], width)[0])
+
+
+def _chunk_sums(cols: F32Array, width: int) -> F32Array:
+    """torch's sum of one chunk, for every column of ``cols`` (n, k) at once: each column is added in its own order."""
+    n = cols.shape[0]
+    total: F32Array = np.zeros(cols.shape[1:], dtype=np.float32)
     if n < width:
-        return np.float32(np.float32(0.0) + _row_sum(x)[()])
+        return total + _row_sum(cols)
     nvec = n // width
-    lanes = _row_sum(x[: nvec * width].reshape(nvec, width))
-    total = np.float32(0.0)
-    for t in x[nvec * width :]:
-        total = np.float32(total + t)
+    lanes = _row_sum(cols[: nvec * width].reshape(nvec, width, *cols.shape[1:]))
+    for t in cols[nvec * width :]:
+        total += t
     for t in lanes:
-        total = np.float32(total + t)
-    return np.float32(np.float32(0.0) + total)
+        total += t
+    return np.float32(0.0) + total
 
 
 _GRAIN = 32768  # torch's at::internal::GRAIN_SIZE
@@ -1442,6 +1449,49 @@ def quantize_absmax(absmax: Any, blocksize: int = 256) -> tuple[np.float32, U8Ar
         dev = am - offset
     codes, nested = quantize_blockwise8(dev, blocksize)
     return offset, codes, nested
+
+
+def quantize_absmax_batch(absmaxes: Sequence[Any], blocksize: int = 256) -> list[tuple[np.float32, U8Array, F32Array]]:
+    """:func:`quantize_absmax` of many statistics arrays at once; the same bits.
+
+    The mean emulation costs dozens of numpy calls per array, so arrays of one length (below
+    torch's grain, where the thread count plays no part) are stacked and summed column by column
+    together; the deviations then go through one :func:`quantize_blockwise8_batch`.
+    """
+    ams = [_flat(a, _F32) for a in absmaxes]
+    by_size: dict[int, list[int]] = {}
+    for i, am in enumerate(ams):
+        by_size.setdefault(am.size, []).append(i)
+    offsets: list[np.float32] = [np.float32(0.0)] * len(ams)
+    devs = list(ams)  # each replaced by its deviations below
+    for n, members in by_size.items():
+        if n == 0 or n >= _GRAIN or len(members) == 1:
+            for i in members:
+                offsets[i] = absmax_mean(ams[i])
+                with np.errstate(invalid="ignore"):
+                    devs[i] = ams[i] - offsets[i]
+            continue
+        rows = np.stack([ams[i] for i in members])  # (k, n): each array's deviations stay a contiguous row
+        with np.errstate(all="ignore"):
+            means = _chunk_sums(rows.T, 8) / np.float32(n)
+        with np.errstate(invalid="ignore"):
+            dev = rows - means[:, None]
+        for i, mean, row in zip(members, means, dev, strict=True):
+            offsets[i], devs[i] = mean, row
+    quantized = quantize_blockwise8_batch(devs, blocksize)
+    return [(offset, codes, nested) for offset, (codes, nested) in zip(offsets, quantized, strict=True)]
+
+
+def dequantize_absmax_batch(items: Sequence[tuple[Any, Any, Any]], blocksize: int = 256) -> list[F32Array]:
+    """:func:`dequantize_absmax` of many ``(offset, codes, nested_absmax)``; same results (views into one buffer)."""
+    devs = dequantize_blockwise8_batch([(codes, nested) for _, codes, nested in items], blocksize, np.float32)
+    if not devs:
+        return []
+    sizes = [d.size for d in devs]
+    offsets = np.repeat(np.array([offset for offset, _, _ in items], dtype=np.float32), sizes)
+    with np.errstate(invalid="ignore", over="ignore"):
+        flat = np.concatenate(devs) + offsets
+    return [flat[o:e] for o, e in pairwise(accumulate(sizes, initial=0))]
 
 
 def dequantize_absmax(offset: Any, codes: Any, nested_absmax: Any, blocksize: int = 256) -> F32Array:

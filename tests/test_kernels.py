@@ -623,6 +623,69 @@ def test_absmax_mean_is_torch_mean(threads: int) -> None:
         torch.set_num_threads(before)
 
 
+_STAT_LENGTHS = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 255, 256, 257, 1000, 4095, 4097]
+
+
+def _statistics(n: int, rng: np.random.Generator, kind: str) -> np.ndarray[Any, Any]:
+    """Block absmax values as quantize_4bit gives them (>= 0), or hostile ones."""
+    x = (rng.random(n) * 10.0 ** rng.uniform(-30, 30)).astype(np.float32)
+    if kind == "nan" and n:
+        x[rng.integers(n)] = np.nan
+    elif kind == "inf" and n:
+        x[rng.integers(n)] = np.inf
+    elif kind == "huge":
+        x[:] = 3e38
+    elif kind == "signed" and n:
+        x -= np.float32(x.mean())
+    return x
+
+
+def _assert_same_stats(got: Any, want: Any, what: str) -> None:
+    assert type(got[0]) is type(want[0]) is np.float32, what
+    assert_bits_equal(np.float32(got[0]).reshape(1), np.float32(want[0]).reshape(1), f"{what} offset")
+    assert_bits_equal(got[1], want[1], f"{what} codes")
+    assert_bits_equal(got[2], want[2], f"{what} nested")
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("kind", ["plain", "nan", "inf", "huge", "signed"])
+def test_absmax_batch_equals_one_by_one(kind: str) -> None:
+    rng = np.random.default_rng(5)
+    lengths = _STAT_LENGTHS * 3 + [int(n) for n in rng.integers(1, 600, 80)] + [0, 0, 32767, 32768, 40_000]
+    stats = [_statistics(n, rng, kind) for n in lengths]
+    rng.shuffle(stats)  # type: ignore[arg-type]
+    for got, am in zip(K.quantize_absmax_batch(stats), stats, strict=True):
+        _assert_same_stats(got, K.quantize_absmax(am), f"n={am.size} {kind}")
+    items = [K.quantize_absmax(am) for am in stats]
+    for out, item in zip(K.dequantize_absmax_batch(items), items, strict=True):
+        assert_bits_equal(out, K.dequantize_absmax(*item), f"decoded n={item[1].size} {kind}")
+    assert K.quantize_absmax_batch([]) == [] and K.dequantize_absmax_batch([]) == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.sampled_from(_STAT_LENGTHS) | st.integers(1, 2000), min_size=1, max_size=30),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_absmax_batch_property(lengths: list[int], seed: int) -> None:
+    """Arrays of one length share their sums in the batch: each still gets its own bits."""
+    rng = np.random.default_rng(seed)
+    stats = [_statistics(n, rng, "plain") for n in lengths]
+    for got, am in zip(K.quantize_absmax_batch(stats), stats, strict=True):
+        _assert_same_stats(got, K.quantize_absmax(am), f"n={am.size}")
+
+
+@needs_torch
+def test_absmax_batch_offsets_are_torch_means() -> None:
+    import torch
+
+    rng = np.random.default_rng(6)
+    stats = [_statistics(n, rng, "plain") for n in _STAT_LENGTHS * 2 + [777, 12345]]
+    for (offset, _, _), am in zip(K.quantize_absmax_batch(stats), stats, strict=True):
+        want = torch.from_numpy(am).mean().numpy().reshape(1)
+        assert_bits_equal(np.float32(offset).reshape(1), want, f"n={am.size}")
+
+
 def test_absmax_mean_without_torch_threads() -> None:
     x = np.arange(100_000, dtype=np.float32)
     assert K.absmax_mean(x, num_threads=1) == np.float32(49999.5)
