@@ -1,6 +1,6 @@
 """Speed of tensorcodec.kernels against bitsandbytes on CPU, in the same run (run by hand).
 
-    .venv/bin/python benchmarks/bench_kernels.py [--mb 64] [--repeat 3] [--threads N] [--numpy]
+    .venv/bin/python benchmarks/bench_kernels.py [--mb 64] [--repeat 3] [--threads N] [--models] [--numpy]
 
 Throughput is GB of *source* tensor per second (a bf16 tensor of 64 MB counts 64 MB for every
 operation, dequantization included). The machine's load matters: compare the ratio column, which
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -119,6 +120,85 @@ def small(dtype: np.dtype[Any], repeat: int, F: Any) -> None:
     print(f"  per call: nf4 quantize {q4 / len(xs) * 1e6:.1f} us, blockwise8 {q8 / len(xs) * 1e6:.1f} us")
 
 
+def models(repeat: int, F: Any, llm_mb: int) -> None:
+    """The real MiniLM weights (fp32 and bf16) and the Llama-shaped state dict: throughput and error, tensor by tensor.
+
+    Every floating tensor of >= 4,096 elements (what the default policy quantizes) is quantized and dequantized
+    with one call each, by us and by bitsandbytes; codes equal to bitsandbytes' are checked, and the error is that
+    of the decoded tensor against the original (the same for both, as the codes are the same).
+    """
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import workloads
+
+    cases = {
+        "minilm-fp32": workloads.minilm(None),
+        "minilm-bf16": workloads.minilm(torch.bfloat16),
+        f"llm-bf16 {llm_mb} MB": workloads.llm(llm_mb, seed=0),
+    }
+    for name, tensors in cases.items():
+        ts = [t for t in tensors.values() if t.is_floating_point() and t.numel() >= 4096]
+        xs = [workloads.numpy_view(t).reshape(-1) for t in ts]
+        nbytes = sum(x.nbytes for x in xs)
+        print(f"{name}: {len(xs)} tensors, {nbytes / 1e6:.1f} MB, one call per tensor")
+        for fmt in ("blockwise8", "nf4", "fp4"):
+            if fmt == "blockwise8":
+
+                def ours_q(x: Any) -> Any:
+                    return K.quantize_blockwise8(x, 4096)
+
+                def ours_dq(x: Any, q: Any) -> Any:
+                    return K.dequantize_blockwise8(q[0], q[1], 4096, x.dtype)
+
+                def bnb_q(t: Any) -> Any:
+                    return F.quantize_blockwise(t.reshape(-1), blocksize=4096)
+
+                def bnb_dq(q: Any) -> Any:
+                    return F.dequantize_blockwise(*q)
+
+            else:
+
+                def ours_q(x: Any, f: str = fmt) -> Any:
+                    return K.quantize_4bit(x, f, 64)
+
+                def ours_dq(x: Any, q: Any, f: str = fmt) -> Any:
+                    return K.dequantize_4bit(q[0], q[1], x.size, f, 64, x.dtype)
+
+                def bnb_q(t: Any, f: str = fmt) -> Any:
+                    return F.quantize_4bit(t.reshape(-1), blocksize=64, quant_type=f)
+
+                def bnb_dq(q: Any) -> Any:
+                    return F.dequantize_4bit(*q)
+
+            qs = [ours_q(x) for x in xs]
+            tq = best(lambda q=ours_q: [q(x) for x in xs] and None, repeat)
+            tdq = best(lambda d=ours_dq: [d(x, q) for x, q in zip(xs, qs, strict=True)] and None, repeat)
+            err = mse = ref = 0.0
+            for x, q in zip(xs, qs, strict=True):
+                d = np.asarray(ours_dq(x, q), dtype=np.float64)
+                v = x.astype(np.float64)
+                err = max(err, float(np.abs(d - v).max()))
+                mse += float(((d - v) ** 2).sum())
+                ref += float((v**2).sum())
+            btq = btdq = None
+            same = "bitsandbytes not run"
+            if F is not None:
+                bqs = [bnb_q(t) for t in ts]
+                same = (
+                    "codes identical to bitsandbytes"
+                    if all(
+                        np.array_equal(q[0].reshape(-1), b[0].numpy().reshape(-1)) for q, b in zip(qs, bqs, strict=True)
+                    )
+                    else "CODES DIFFER from bitsandbytes"
+                )
+                btq = best(lambda q=bnb_q: [q(t) for t in ts] and None, max(1, repeat - 1))
+                btdq = best(lambda d=bnb_dq: [d(b) for b in bqs] and None, max(1, repeat - 1))
+            row(f"{fmt} quantize", nbytes, tq, btq)
+            row(f"{fmt} dequantize", nbytes, tdq, btdq)
+            print(f"    {fmt}: rel MSE {mse / ref:.2e}, max abs err {err:.3g}; {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mb", type=int, default=64, help="size of the large tensor in MiB (default 64)")
@@ -126,6 +206,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="kernel threads (default: one per CPU)")
     ap.add_argument("--no-bnb", action="store_true", help="skip bitsandbytes")
     ap.add_argument("--numpy", action="store_true", help="the numpy kernels, not the C accelerator")
+    ap.add_argument("--models", action="store_true", help="also MiniLM (fp32, bf16) and the Llama-shaped state dict")
+    ap.add_argument("--llm-mb", type=int, default=256, help="size of the Llama-shaped state dict (default 256)")
     args = ap.parse_args()
     K.set_num_threads(args.threads)
     if args.numpy:
@@ -143,6 +225,8 @@ def main() -> None:
         large(dtype, args.mb, args.repeat, F)
     for dtype in (BF16,):
         small(dtype, args.repeat, F)
+    if args.models:
+        models(args.repeat, F, args.llm_mb)
 
 
 if __name__ == "__main__":

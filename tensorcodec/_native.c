@@ -167,13 +167,34 @@ static void q8_run(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t 
     }
 }
 
+/* The value of each code in a block, stored in the output's format: a table the block's codes index. */
+INLINE void block_table(const float *values, int count, float a, int kind, float *tf, uint16_t *th)
+{
+    for (int k = 0; k < count; k++) {
+        tf[k] = values[k] * a; /* the very product the element loop would compute */
+        if (kind != F32)
+            th[k] = kind == BF16 ? f32_to_bf16(tf[k]) : f32_to_f16(tf[k]);
+    }
+}
+
 INLINE void dq8_impl(const uint8_t *q, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
                      Py_ssize_t b1, const float *table, unsigned char *out, int kind)
 {
-    float v[PIECE];
+    float v[PIECE], tf[256];
+    uint16_t th[256];
     for (Py_ssize_t b = b0; b < b1; b++) {
         Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
         float a = ldf(absmax, b);
+        if (hi - lo >= 1024) { /* a table of the 256 results costs less than converting every element */
+            block_table(table, 256, a, kind, tf, th);
+            if (kind == F32)
+                for (Py_ssize_t i = lo; i < hi; i++)
+                    stf(out, i, tf[q[i]]);
+            else
+                for (Py_ssize_t i = lo; i < hi; i++)
+                    memcpy(out + 2 * i, &th[q[i]], 2);
+            continue;
+        }
         for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
             int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
             for (int j = 0; j < m; j++)
@@ -285,24 +306,26 @@ static void q4_run(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t 
 INLINE void dq4_impl(const uint8_t *packed, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
                      Py_ssize_t b1, const float *values, unsigned char *out, int kind)
 {
-    uint8_t q[PIECE];
-    float v[PIECE];
+    float tf[16];
+    uint16_t th[16];
     for (Py_ssize_t b = b0; b < b1; b++) {
-        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs;
-        float a = ldf(absmax, b);
-        for (Py_ssize_t i0 = lo; i0 < hi; i0 += PIECE) {
-            int m = (int)(hi - i0 < PIECE ? hi - i0 : PIECE);
-            const uint8_t *p = packed + i0 / 2;
-            for (int j = 0; j < m / 2; j++) {
-                q[2 * j] = p[j] >> 4;
-                q[2 * j + 1] = p[j] & 15;
+        Py_ssize_t lo = b * bs, hi = n - lo < bs ? n : lo + bs, m = hi - lo;
+        block_table(values, 16, ldf(absmax, b), kind, tf, th);
+        const uint8_t *p = packed + lo / 2; /* blocks are even: a block starts on a byte */
+        if (kind == F32) {
+            for (Py_ssize_t j = 0; j < m / 2; j++) {
+                stf(out, lo + 2 * j, tf[p[j] >> 4]);
+                stf(out, lo + 2 * j + 1, tf[p[j] & 15]);
             }
             if (m & 1)
-                q[m - 1] = p[m / 2] >> 4;
-            for (int j = 0; j < m; j++)
-                v[j] = values[q[j]] * a;
-            for (int j = 0; j < m; j++)
-                store(out, i0 + j, v[j], kind);
+                stf(out, hi - 1, tf[p[m / 2] >> 4]);
+        } else {
+            for (Py_ssize_t j = 0; j < m / 2; j++) {
+                uint16_t pair[2] = {th[p[j] >> 4], th[p[j] & 15]};
+                memcpy(out + 2 * (lo + 2 * j), pair, 4);
+            }
+            if (m & 1)
+                memcpy(out + 2 * (hi - 1), &th[p[m / 2] >> 4], 2);
         }
     }
 }
