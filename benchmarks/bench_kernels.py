@@ -172,8 +172,8 @@ def models(repeat: int, F: Any, llm_mb: int) -> None:
                     return F.dequantize_4bit(*q)
 
             qs = [ours_q(x) for x in xs]
-            tq = best(lambda q=ours_q: [q(x) for x in xs] and None, repeat)
-            tdq = best(lambda d=ours_dq: [d(x, q) for x, q in zip(xs, qs, strict=True)] and None, repeat)
+            tq = best(lambda q=ours_q, xs=xs: [q(x) for x in xs] and None, repeat)
+            tdq = best(lambda d=ours_dq, xs=xs, qs=qs: [d(x, q) for x, q in zip(xs, qs, strict=True)] and None, repeat)
             err = mse = ref = 0.0
             for x, q in zip(xs, qs, strict=True):
                 d = np.asarray(ours_dq(x, q), dtype=np.float64)
@@ -192,8 +192,8 @@ def models(repeat: int, F: Any, llm_mb: int) -> None:
                     )
                     else "CODES DIFFER from bitsandbytes"
                 )
-                btq = best(lambda q=bnb_q: [q(t) for t in ts] and None, max(1, repeat - 1))
-                btdq = best(lambda d=bnb_dq: [d(b) for b in bqs] and None, max(1, repeat - 1))
+                btq = best(lambda q=bnb_q, ts=ts: [q(t) for t in ts] and None, max(1, repeat - 1))
+                btdq = best(lambda d=bnb_dq, bqs=bqs: [d(b) for b in bqs] and None, max(1, repeat - 1))
             row(f"{fmt} quantize", nbytes, tq, btq)
             row(f"{fmt} dequantize", nbytes, tdq, btdq)
             print(f"    {fmt}: rel MSE {mse / ref:.2e}, max abs err {err:.3g}; {same}")
