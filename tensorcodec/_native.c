@@ -16,7 +16,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_SHUFFLE_PATH 1 /* SSSE3 byte shuffles for 4-bit look-ups, chosen at run time (the build stays baseline) */
+#endif
 
 #if defined(_MSC_VER)
 #define INLINE static __forceinline
@@ -68,9 +74,8 @@ INLINE uint16_t f32_to_f16(float f)
 INLINE uint16_t f32_to_bf16(float f)
 {
     uint32_t x = bits_of(f);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)(((x >> 16) & 0x8000u) | 0x7fc0u);
-    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    uint32_t nan = ((x >> 16) & 0x8000u) | 0x7fc0u, rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? nan : rounded); /* a select, so that loops vectorize */
 }
 
 INLINE float load(const unsigned char *p, Py_ssize_t i, int kind)
@@ -303,6 +308,40 @@ static void q4_run(const unsigned char *src, int kind, Py_ssize_t n, Py_ssize_t 
     }
 }
 
+#ifdef HAVE_SHUFFLE_PATH
+static int use_shuffle; /* set at import: the CPU has SSSE3 */
+
+/* 16-bit results of the 2 * nbytes codes in packed (high nibble first), looked up in th[16], to out; whole
+ * groups of 16 bytes only: returns the bytes done. pshufb looks up 16 bytes at once: one shuffle gives the low
+ * bytes of the results, one the high bytes, for the high and for the low nibbles; unpacking interleaves them. */
+__attribute__((target("ssse3"))) static Py_ssize_t pairs16_shuffle(const uint8_t *packed, Py_ssize_t nbytes,
+                                                                   const uint16_t *th, unsigned char *out)
+{
+    uint8_t lo_bytes[16], hi_bytes[16];
+    for (int k = 0; k < 16; k++) {
+        lo_bytes[k] = (uint8_t)th[k];
+        hi_bytes[k] = (uint8_t)(th[k] >> 8);
+    }
+    const __m128i tlo = _mm_loadu_si128((const __m128i *)lo_bytes), thi = _mm_loadu_si128((const __m128i *)hi_bytes);
+    const __m128i nibble = _mm_set1_epi8(0x0f);
+    Py_ssize_t j = 0;
+    for (; j + 16 <= nbytes; j += 16) {
+        __m128i bytes = _mm_loadu_si128((const __m128i *)(packed + j));
+        __m128i first = _mm_and_si128(_mm_srli_epi16(bytes, 4), nibble), second = _mm_and_si128(bytes, nibble);
+        __m128i f_lo = _mm_shuffle_epi8(tlo, first), f_hi = _mm_shuffle_epi8(thi, first);
+        __m128i s_lo = _mm_shuffle_epi8(tlo, second), s_hi = _mm_shuffle_epi8(thi, second);
+        __m128i f0 = _mm_unpacklo_epi8(f_lo, f_hi), f1 = _mm_unpackhi_epi8(f_lo, f_hi); /* first elements */
+        __m128i s0 = _mm_unpacklo_epi8(s_lo, s_hi), s1 = _mm_unpackhi_epi8(s_lo, s_hi); /* second elements */
+        unsigned char *o = out + 4 * j;
+        _mm_storeu_si128((__m128i *)o, _mm_unpacklo_epi16(f0, s0));
+        _mm_storeu_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(f0, s0));
+        _mm_storeu_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(f1, s1));
+        _mm_storeu_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(f1, s1));
+    }
+    return j;
+}
+#endif
+
 INLINE void dq4_impl(const uint8_t *packed, const unsigned char *absmax, Py_ssize_t n, Py_ssize_t bs, Py_ssize_t b0,
                      Py_ssize_t b1, const float *values, unsigned char *out, int kind)
 {
@@ -320,7 +359,12 @@ INLINE void dq4_impl(const uint8_t *packed, const unsigned char *absmax, Py_ssiz
             if (m & 1)
                 stf(out, hi - 1, tf[p[m / 2] >> 4]);
         } else {
-            for (Py_ssize_t j = 0; j < m / 2; j++) {
+            Py_ssize_t j = 0;
+#ifdef HAVE_SHUFFLE_PATH
+            if (use_shuffle)
+                j = pairs16_shuffle(p, m / 2, th, out + 2 * lo);
+#endif
+            for (; j < m / 2; j++) {
                 uint16_t pair[2] = {th[p[j] >> 4], th[p[j] & 15]};
                 memcpy(out + 2 * (lo + 2 * j), pair, 4);
             }
@@ -794,4 +838,11 @@ static struct PyModuleDef module = {
     .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModuleDef_Init(&module); }
+PyMODINIT_FUNC PyInit__native(void)
+{
+#ifdef HAVE_SHUFFLE_PATH
+    __builtin_cpu_init();
+    use_shuffle = __builtin_cpu_supports("ssse3") && !getenv("TENSORCODEC_NO_SIMD");
+#endif
+    return PyModuleDef_Init(&module);
+}
