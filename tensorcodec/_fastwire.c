@@ -270,9 +270,13 @@ static PyObject *reference(Walk *w, long kind, Py_ssize_t index)
     if (index >= 0x10000)
         return new_reference(w, kind, index);
     while (PyList_GET_SIZE(refs) <= index) {
-        PyObject *ref = new_reference(w, kind, PyList_GET_SIZE(refs));
-        if (!ref || PyList_Append(refs, ref) < 0) {
-            Py_XDECREF(ref);
+        Py_ssize_t next = PyList_GET_SIZE(refs);
+        PyObject *ref = new_reference(w, kind, next);
+        if (!ref)
+            return NULL;
+        /* Allocating may run a collection and let another thread extend the list: append only in place. */
+        if (PyList_GET_SIZE(refs) == next && PyList_Append(refs, ref) < 0) {
+            Py_DECREF(ref);
             return NULL;
         }
         Py_DECREF(ref);

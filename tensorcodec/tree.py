@@ -67,11 +67,14 @@ def _ref(kind: int, index: int) -> msgpack.ExtType:
     if index < len(refs):
         return refs[index]
     if index < 0x10000:
-        refs.extend(
+        start = len(refs)
+        more = [
             tuple.__new__(msgpack.ExtType, (kind, i.to_bytes(1 if i < 0x100 else 2, "little")))
-            for i in range(len(refs), index + 1)
-        )
-        return refs[index]
+            for i in range(start, index + 1)
+        ]
+        if len(refs) == start:  # another thread may have extended it meanwhile; extend is atomic
+            refs.extend(more)
+        return refs[index] if index < len(refs) else more[index - start]
     return tuple.__new__(msgpack.ExtType, (kind, index.to_bytes(4, "little")))
 
 

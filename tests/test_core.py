@@ -612,3 +612,36 @@ def test_failed_encode_writes_nothing_into_the_buffer() -> None:
     with pytest.raises(TypeError):
         tc.encode_into({"a": np.arange(3), "b": {1, 2}}, out)
     assert out == bytearray(b"\x01" * 256)
+
+
+def test_concurrent_encodes_agree() -> None:
+    """Threads encoding at once share the interned table references; every message must still be right."""
+    import threading
+
+    from tensorcodec import tree as tree_module
+
+    for refs in tree_module._REFS.values():
+        refs.clear()  # make the threads grow the interned references together
+    trees = [
+        {f"t{i}": (torch.full((3,), float(i)) if (i + k) % 2 else np.full(3, i, np.int32)) for i in range(700)}
+        for k in range(4)
+    ]
+    errors: list[BaseException] = []
+
+    def work(obj: dict[str, Any]) -> None:
+        try:
+            for _ in range(5):
+                back = tc.decode(tc.encode(obj))
+                assert back.keys() == obj.keys()
+                for key, value in obj.items():
+                    assert type(back[key]) is type(value)
+                    assert np.array_equal(np.asarray(back[key]), np.asarray(value)), key
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in trees]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
