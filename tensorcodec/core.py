@@ -320,7 +320,9 @@ def decode(
     coded = _Coded(entries, offsets, rope)
     views: list[Any] = []
     ndarray = np.ndarray
-    if single is not None and _LITTLE:
+    if single is None and _LITTLE:
+        views = _frame_views(entries, offsets, rope, framework)
+    elif single is not None and _LITTLE:
         # The hot path: read-only views straight into the one message buffer, made in one sweep;
         # copy=True copies them, and torch tensors of numpy's own dtypes wrap them (cheaper than a
         # strided view of a base or a clone). Other dtypes (bf16, fp8) usually go to torch through
@@ -338,7 +340,7 @@ def decode(
         kind = kinds[sent_kind]
         view = views[index] if views else None
         if kind == NUMPY and views:
-            if view is None:
+            if view is None and single is not None:
                 entry = entries[index]
                 if entry.nbytes and not entry.stages:
                     view = views[index] = ndarray(entry.shape, entry.dtype.numpy, single, offsets[entry.first_segment])
@@ -381,6 +383,30 @@ def decode(
             raise
 
     return unflatten(header.tree, tensor, len(entries), limits.max_depth)
+
+
+def _frame_views(entries: list[wire.Entry], offsets: list[int], rope: Rope, framework: str | None) -> list[Any]:
+    """The views of the one-buffer sweep for a message in frames: each raw tensor viewed in its frame.
+
+    Offsets and frames are both in message order, so one walk finds every tensor's frame; a tensor
+    that straddles frames gets None (the general path joins it).
+    """
+    ndarray = np.ndarray
+    parts, starts = rope.parts, rope.starts
+    last = len(parts) - 1
+    k = 0
+    views: list[Any] = []
+    for e in entries:
+        if not e.nbytes or e.stages or not (framework == "numpy" or e.dtype.name in _NUMPY_NATIVE):
+            views.append(None)
+            continue
+        start = offsets[e.first_segment]
+        while k < last and starts[k + 1] <= start:
+            k += 1
+        local = start - starts[k]
+        part = parts[k]
+        views.append(ndarray(e.shape, e.dtype.numpy, part, local) if local + e.nbytes <= part.nbytes else None)
+    return views
 
 
 @functools.cache
