@@ -562,15 +562,15 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
             return
         first = int(index[bad[0]])
         raise _fail(f"padding byte at offset {first} is not zero")
-    parts, starts = rope.parts, rope.starts
+    parts, part_starts = rope.parts, rope.starts
     last = len(parts) - 1
     p = 0
     for k in range(0, len(gaps), 2):
         start, n = gaps[k], gaps[k + 1]
-        while p < last and starts[p + 1] <= start:  # gaps and frames are both in order: one walk
+        while p < last and part_starts[p + 1] <= start:  # gaps and frames are both in order: one walk
             p += 1
-        local = start - starts[p]
+        local = start - part_starts[p]
         run = parts[p][local : local + n] if local + n <= parts[p].nbytes else rope.view(start, n)
         if run != ZEROS[:n]:
-            first = start + next(k for k, byte in enumerate(bytes(run)) if byte)
+            first = start + next(i for i, byte in enumerate(bytes(run)) if byte)
             raise _fail(f"padding byte at offset {first} is not zero")
