@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from hypothesis import settings
 
+from tensorcodec import wire
 from tensorcodec.testing import raw_bytes, wire_dtype
 
 PREAMBLE = struct.Struct("<4sBBHII")
@@ -145,3 +146,26 @@ def leaves(tree: Any) -> list[Any]:
     if isinstance(tree, (np.ndarray, np.generic, torch.Tensor)):
         return [tree]
     return []
+
+
+def split_message(message: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """A message's header (as msgpack data) and its segments' bytes, in order."""
+    hlen = struct.unpack_from("<I", message, 8)[0]
+    header = msgpack.unpackb(message[16 : 16 + hlen], raw=False)
+    parsed = wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, verify=False)
+    segments = []
+    for entry in parsed.entries:
+        for j, seg in enumerate(entry.all_segments()):
+            start = parsed.offsets[entry.first_segment + j]
+            segments.append(message[start : start + seg.nbytes])
+    return header, segments
+
+
+def join_message(header: dict[str, Any], segments: list[bytes]) -> bytes:
+    """A well-laid-out message: preamble with the header's CRC, header, 64-aligned segments."""
+    body = msgpack.packb(header, use_bin_type=True)
+    out = bytearray(struct.pack("<4sBBHII", b"TCDC", 1, 0, 0, len(body), zlib.crc32(body)) + body)
+    for seg in segments:
+        if seg:
+            out += bytes(-len(out) % 64) + seg
+    return bytes(out)

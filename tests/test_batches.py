@@ -8,16 +8,13 @@ path for encoded table entries.
 from __future__ import annotations
 
 import math
-import struct
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import msgpack
 import numpy as np
 import pytest
 import torch
-from _helpers import pack, ref
+from _helpers import join_message, pack, ref, split_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,32 +224,10 @@ def test_batched_decode_equals_one_by_one(tree: dict[str, Any], chunk: int | Non
         assert_tree_equal(want, tc.decode(data))
 
 
-def _split(message: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """A message's header (as msgpack data) and its segments' bytes, in order."""
-    hlen = struct.unpack_from("<I", message, 8)[0]
-    header = msgpack.unpackb(message[16 : 16 + hlen], raw=False)
-    parsed = wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, verify=False)
-    segments = []
-    for entry in parsed.entries:
-        for j, seg in enumerate(entry.all_segments()):
-            start = parsed.offsets[entry.first_segment + j]
-            segments.append(message[start : start + seg.nbytes])
-    return header, segments
-
-
-def _join(header: dict[str, Any], segments: list[bytes]) -> bytes:
-    body = msgpack.packb(header, use_bin_type=True)
-    out = bytearray(struct.pack("<4sBBHII", b"TCDC", 1, 0, 0, len(body), zlib.crc32(body)) + body)
-    for seg in segments:
-        if seg:
-            out += bytes(-len(out) % 64) + seg
-    return bytes(out)
-
-
 def _small(n: int = 10, precision: Any = "nf4") -> tuple[dict[str, Any], list[bytes]]:
     rng = np.random.default_rng(2)
     tree = {f"w{i}": values(100 + 37 * i, "float32", rng) for i in range(n)}
-    return _split(tc.encode(tree, policy=tc.Policy({"*": precision}, min_elements=0)))
+    return split_message(tc.encode(tree, policy=tc.Policy({"*": precision}, min_elements=0)))
 
 
 def _segment(entry: list[Any], name: str) -> list[Any]:
@@ -276,7 +251,7 @@ def test_a_bad_tensor_in_a_batch_is_named(precision: str, mutate: Any, pattern: 
     header, segments = _small(precision=precision)
     for index in (6, 2):  # the first bad one in tree order is reported
         mutate(header["tensors"][index])
-    message = _join(header, segments)
+    message = join_message(header, segments)
     with pytest.raises(DecodeError, match=f"^tensor 2: .*{pattern}"):
         tc.decode(message)
     with pytest.MonkeyPatch.context() as mp, pytest.raises(DecodeError, match=f"^tensor 2: .*{pattern}"):
@@ -288,14 +263,14 @@ def test_unknown_codec_error_keeps_its_type() -> None:
     header, segments = _small()
     header["tensors"][4][2][0][0] = "no.such.codec"
     with pytest.raises(UnknownCodecError, match=r"^tensor 4: unknown codec") as info:
-        tc.decode(_join(header, segments))
+        tc.decode(join_message(header, segments))
     assert info.value.codec_id == "no.such.codec"
 
 
 def test_a_tensor_referenced_twice_gets_arrays_of_its_own() -> None:
     header, segments = _small(3)
     header["tree"] = pack({"n": ref(0, 1), "t": ref(0, 2), "again": ref(0, 1), "b": ref(1), "c": ref(2)})
-    got = tc.decode(_join(header, segments))
+    got = tc.decode(join_message(header, segments))
     assert isinstance(got["t"], torch.Tensor) and got["again"] is got["n"]
     assert got["t"].numpy().tobytes() == got["n"].tobytes()
     assert_own_memory([got["n"], got["t"], got["b"], got["c"]])
@@ -436,7 +411,7 @@ def test_fast_entry_decides_as_entry(
     precision: Any, shape: list[int], limits: wire.Limits, data: st.DataObject
 ) -> None:
     x = np.linspace(-1, 1, math.prod(shape), dtype=np.float32).reshape(shape)
-    header, _ = _split(tc.encode({"x": x}, policy=tc.Policy({"*": precision}, min_elements=0)))
+    header, _ = split_message(tc.encode({"x": x}, policy=tc.Policy({"*": precision}, min_elements=0)))
     raw = header["tensors"][0]
     if data.draw(st.booleans()):
         raw = _mutated(raw, data)
@@ -450,5 +425,5 @@ def test_fast_entry_decides_as_entry(
 def test_fast_entry_takes_the_common_entries() -> None:
     x = np.ones((3, 100), np.float32)
     for precision in ("nf4", "blockwise8", "minmax8", "fp8_e4m3", ["bf16", "fp8_e4m3"]):
-        header, _ = _split(tc.encode({"x": x}, policy=tc.Policy({"*": precision}, min_elements=0)))
+        header, _ = split_message(tc.encode({"x": x}, policy=tc.Policy({"*": precision}, min_elements=0)))
         assert wire._fast_entry(header["tensors"][0], 0, wire.DEFAULT_LIMITS) is not None, precision

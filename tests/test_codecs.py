@@ -14,7 +14,6 @@ import importlib.util
 import json
 import math
 import re
-import struct
 import sys
 import zlib
 from pathlib import Path
@@ -26,6 +25,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
+from _helpers import join_message, split_message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -559,11 +559,11 @@ def test_decode_never_imports_what_a_message_names(
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(codecs.metadata, "entry_points", lambda *, group: [])
     message = tc.encode({"w": np.ones(8, np.float32)}, policy=tc.Policy({"*": "fp16"}, min_elements=0))
-    header, segments = split(message)
+    header, segments = split_message(message)
     for codec_id in (module, f"{module}:Codec", f"{module}.Codec", "os.system"):
         header["tensors"][0][2][0][0] = codec_id
         with pytest.raises(UnknownCodecError, match=re.escape(repr(codec_id))):
-            tc.decode(join(header, segments))
+            tc.decode(join_message(header, segments))
     assert module not in sys.modules and not marker.exists()
 
 
@@ -944,40 +944,17 @@ def test_broadcast_one_to_n(precision: str) -> None:
 # ---------------------------------------------------------------------------- hostile entries
 
 
-def split(message: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """A message's header (as msgpack data) and its segments' bytes, in order."""
-    hlen = struct.unpack_from("<I", message, 8)[0]
-    header = msgpack.unpackb(message[16 : 16 + hlen], raw=False)
-    parsed = wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, verify=False)
-    segments = []
-    for entry in parsed.entries:
-        for j, seg in enumerate(entry.all_segments()):
-            start = parsed.offsets[entry.first_segment + j]
-            segments.append(message[start : start + seg.nbytes])
-    return header, segments
-
-
-def join(header: dict[str, Any], segments: list[bytes]) -> bytes:
-    """A well-laid-out message: preamble with the header's CRC, header, 64-aligned segments."""
-    body = msgpack.packb(header, use_bin_type=True)
-    out = bytearray(struct.pack("<4sBBHII", b"TCDC", 1, 0, 0, len(body), zlib.crc32(body)) + body)
-    for seg in segments:
-        if seg:
-            out += bytes(-len(out) % 64) + seg
-    return bytes(out)
-
-
 def _encoded(codec: Codec, n: int = 300) -> tuple[dict[str, Any], list[bytes]]:
     x = np.random.default_rng(3).standard_normal(n).astype(np.float32)
     message = tc.encode({"w": x}, policy=tc.Policy({"*": codec}, min_elements=0))
-    header, segments = split(message)
-    assert join(header, segments) == message
+    header, segments = split_message(message)
+    assert join_message(header, segments) == message
     return header, segments
 
 
 def test_split_join_round_trip() -> None:
     message = tc.encode({"a": np.ones(3), "b": [np.zeros((2, 5), np.float16)]}, checksum="xxh3_64")
-    assert join(*split(message)) == message
+    assert join_message(*split_message(message)) == message
 
 
 def _mutations() -> list[Any]:
@@ -1077,7 +1054,7 @@ def test_hostile_entries_raise_decode_error(codec: Codec, mutate: Any, pattern: 
     entry = header["tensors"][0]
     segments = mutate(entry, segments)
     with pytest.raises(DecodeError, match=pattern):
-        tc.decode(join(header, segments))
+        tc.decode(join_message(header, segments))
 
 
 def test_hostile_quant4_params() -> None:
@@ -1086,7 +1063,7 @@ def test_hostile_quant4_params() -> None:
     for bad in ({"offset": "0.5"}, {}, {"offset": None}, {"offset": 1}):
         header["tensors"][0][2][0][2] = bad
         with pytest.raises(DecodeError, match="offset"):
-            tc.decode(join(header, segments))
+            tc.decode(join_message(header, segments))
 
 
 @pytest.mark.parametrize("value", [math.inf, math.nan, 3e38])
