@@ -333,7 +333,7 @@ def decode(
             else None
             for e in entries
         ]
-    from_numpy = _torch_from_numpy() if views and device is None and framework != "numpy" else None
+    wrap = bool(views) and device is None and framework != "numpy"  # torch is imported only when a tensor asks
     strided = make.strided_view(single) if single is not None and not copy and device is None else None
 
     def tensor(index: int, sent_kind: int) -> Any:
@@ -360,8 +360,8 @@ def decode(
             if view is not None:
                 if kind == NUMPY:
                     return view.copy()  # (copy=True: views were returned as they are)
-                if kind == TORCH and from_numpy is not None and entry.dtype.name in _WRAPPABLE and view.flags.aligned:
-                    return from_numpy(view.copy() if copy else view)
+                if kind == TORCH and wrap and entry.dtype.name in _WRAPPABLE and view.flags.aligned:
+                    return _torch_from_numpy()(view.copy() if copy else view)
             part: int | None = 0
             if single is not None:
                 buf, offset = single, offsets[entry.first_segment]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 import math
 import struct
+import subprocess
+import sys
 import warnings
 from typing import Any
 
@@ -645,3 +647,30 @@ def test_concurrent_encodes_agree() -> None:
     for t in threads:
         t.join()
     assert not errors, errors[0]
+
+
+_WITHOUT_TORCH = """
+import sys
+sys.modules["torch"] = None  # any import of torch fails, as on a machine without it
+import numpy as np
+import tensorcodec as tc
+tree = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": [np.int8(3), (np.zeros(0),)], "s": "x"}
+big = {"w": np.linspace(-1, 1, 8192, dtype=np.float32)}
+for copy in (True, False):
+    for data in (tc.encode(tree), tc.encode(tree, checksum="xxh3_64"), tc.encode_frames(tree)):
+        back = tc.decode(data, copy=copy)
+        assert np.array_equal(back["w"], tree["w"]) and back["s"] == "x" and back["b"][1][0].size == 0
+for precision in ("nf4", "blockwise8", "bf16", "minmax8"):
+    back = tc.decode(tc.encode(big, precision=precision))
+    assert back["w"].dtype == np.float32 and np.abs(back["w"] - big["w"]).max() < 0.2
+streamed = tc.decode_stream(tc.encode_stream(tree, max_frame_bytes=4096))
+assert np.array_equal(streamed["w"], tree["w"])
+print("ok", "torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+
+
+def test_the_core_works_without_torch() -> None:
+    """numpy users need no torch: nothing in encode or decode of numpy trees may import it."""
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH], capture_output=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "ok False"
