@@ -9,6 +9,7 @@ from the wire is checked here before anything is allocated for it.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import struct
 import zlib
@@ -217,125 +218,71 @@ def _fail(msg: str) -> DecodeError:
     return DecodeError(msg)
 
 
-def _shape(value: Any, row: DType, what: str, limits: Limits) -> tuple[tuple[int, ...], int]:
-    """Validated shape and its byte size; overflow-checked the way numpy checks it."""
+def _what(index: int, segment: str | None) -> str:
+    return f"tensor {index}" if segment is None else f"tensor {index} segment {segment!r}"
+
+
+def _shape(value: Any, itemsize: int, max_ndim: int, index: int, segment: str | None = None) -> tuple[int, ...]:
+    """A validated shape; overflow-checked the way numpy checks it. Errors name ``index`` (and ``segment``)."""
     if type(value) is not list:
-        raise _fail(f"{what}: shape must be an array of integers, got {type(value).__name__}")
-    if len(value) > limits.max_ndim:
-        raise _fail(f"{what}: {len(value)} dimensions exceed max_ndim={limits.max_ndim}")
-    nbytes = row.itemsize
-    span = row.itemsize  # product with zero dims counted as one: numpy's own bound
+        raise _fail(f"{_what(index, segment)}: shape must be an array of integers, got {type(value).__name__}")
+    if len(value) > max_ndim:
+        raise _fail(f"{_what(index, segment)}: {len(value)} dimensions exceed max_ndim={max_ndim}")
+    span = itemsize  # product with zero dims counted as one: numpy's own bound
     for d in value:
         if type(d) is not int or d < 0:
-            raise _fail(f"{what}: dimension {d!r} is not a non-negative integer")
-        nbytes *= d
-        span *= max(d, 1)
-        if span > _MAX_SIZE:
-            raise _fail(f"{what}: shape {value} overflows a 64-bit size")
-    return tuple(value), nbytes
+            raise _fail(f"{_what(index, segment)}: dimension {d!r} is not a non-negative integer")
+        span *= d or 1
+    if span > _MAX_SIZE:
+        raise _fail(f"{_what(index, segment)}: shape {value} overflows a 64-bit size")
+    return tuple(value)
 
 
-def _dtype(name: Any, what: str) -> DType:
-    row = dtypes.by_name(name) if type(name) is str else None
+def _dtype(name: Any, index: int, segment: str | None = None) -> DType:
+    row = dtypes.BY_NAME.get(name) if type(name) is str else None
     if row is None:
-        raise _fail(f"{what}: dtype {name!r} is not one tensorcodec knows")
+        raise _fail(f"{_what(index, segment)}: dtype {name!r} is not one tensorcodec knows")
     return row
 
 
-def _fast_shape(value: Any, itemsize: int, max_ndim: int) -> tuple[tuple[int, ...], int] | None:
-    """``_shape`` of a valid shape in fewer steps; None for anything ``_shape`` must look at (and word)."""
-    if type(value) is not list or len(value) > max_ndim:
-        return None
-    nbytes = span = itemsize
-    for d in value:
-        if type(d) is not int or d < 0:
-            return None
-        nbytes *= d
-        span *= d or 1
-    return (tuple(value), nbytes) if span <= _MAX_SIZE else None
-
-
-def _fast_entry(raw: Any, first_segment: int, limits: Limits) -> Entry | None:
-    """An encoded entry that passes every check of ``_entry``, built in fewer steps; None for anything else.
-
-    Messages of many small encoded tensors spend much of their decode here. Whatever this does not
-    accept goes through ``_entry``, which words the error.
-    """
-    if type(raw) is not list or len(raw) != 4:
-        return None
-    name, dims, stages_raw, segments_raw = raw
-    row = dtypes.BY_NAME.get(name) if type(name) is str else None
-    if row is None or type(stages_raw) is not list or not stages_raw or type(segments_raw) is not list:
-        return None
-    max_ndim = limits.max_ndim
-    shaped = _fast_shape(dims, row.itemsize, max_ndim)
-    if shaped is None or len(segments_raw) > limits.max_segments_per_tensor:
-        return None
+def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
+    """One validated table entry. Messages of many small encoded tensors spend much of their decode
+    here, so the checks are plain comparisons and error messages are only built when raised."""
+    if type(raw) is not list or len(raw) not in (2, 4):
+        raise _fail(f"tensor {index}: entry must be an array of 2 or 4 items")
+    row = _dtype(raw[0], index)
+    shape = _shape(raw[1], row.itemsize, limits.max_ndim, index)
+    nbytes = math.prod(shape) * row.itemsize
+    if len(raw) == 2:
+        return tuple.__new__(Entry, (row, shape, nbytes, (), (), first_segment))
+    stages_raw, segments_raw = raw[2], raw[3]
+    if type(stages_raw) is not list or not stages_raw:
+        raise _fail(f"tensor {index}: stages must be a non-empty array")
     stages = []
     for s in stages_raw:
         if type(s) is not list or len(s) != 3:
-            return None
+            raise _fail(f"tensor {index}: each stage must be [codec id, config map, params map]")
         codec_id, config, params = s
         if type(codec_id) is not str or type(config) is not dict or type(params) is not dict:
-            return None
+            raise _fail(f"tensor {index}: each stage must be [codec id, config map, params map]")
         stages.append((codec_id, config, params))
-    segments = []
-    names = set()
-    for s in segments_raw:
-        if type(s) is not list or len(s) != 4:
-            return None
-        seg_name, role, seg_dtype, seg_dims = s
-        if type(seg_name) is not str or role not in ROLES or seg_name in names or type(seg_dtype) is not str:
-            return None
-        names.add(seg_name)
-        seg_row = dtypes.BY_NAME.get(seg_dtype)
-        seg_shaped = _fast_shape(seg_dims, seg_row.itemsize, max_ndim) if seg_row is not None else None
-        if seg_shaped is None:
-            return None
-        segments.append(tuple.__new__(Segment, (seg_name, role, seg_row, *seg_shaped)))
-    return tuple.__new__(Entry, (row, *shaped, tuple(stages), tuple(segments), first_segment))
-
-
-def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
-    fast = _fast_entry(raw, first_segment, limits)
-    if fast is not None:
-        return fast
-    what = f"tensor {index}"
-    if type(raw) is not list or len(raw) not in (2, 4):
-        raise _fail(f"{what}: entry must be an array of 2 or 4 items")
-    row = _dtype(raw[0], what)
-    shape, nbytes = _shape(raw[1], row, what, limits)
-    if len(raw) == 2:
-        return Entry(row, shape, nbytes, (), (), first_segment)
-    stages_raw, segments_raw = raw[2], raw[3]
-    if type(stages_raw) is not list or not stages_raw:
-        raise _fail(f"{what}: stages must be a non-empty array")
-    stages = []
-    for s in stages_raw:
-        if (
-            type(s) is not list
-            or len(s) != 3
-            or type(s[0]) is not str
-            or type(s[1]) is not dict
-            or type(s[2]) is not dict
-        ):
-            raise _fail(f"{what}: each stage must be [codec id, config map, params map]")
-        stages.append((s[0], s[1], s[2]))
     if type(segments_raw) is not list or len(segments_raw) > limits.max_segments_per_tensor:
-        raise _fail(f"{what}: segments must be an array of at most {limits.max_segments_per_tensor}")
+        raise _fail(f"tensor {index}: segments must be an array of at most {limits.max_segments_per_tensor}")
     segments = []
     names = set()
     for s in segments_raw:
         if type(s) is not list or len(s) != 4 or type(s[0]) is not str or s[1] not in ROLES:
-            raise _fail(f"{what}: each segment must be [name, 'payload'|'meta', dtype, shape]")
-        if s[0] in names:
-            raise _fail(f"{what}: duplicate segment name {s[0]!r}")
-        names.add(s[0])
-        seg_what = f"{what} segment {s[0]!r}"
-        seg_row = _dtype(s[2], seg_what)
-        seg_shape, seg_nbytes = _shape(s[3], seg_row, seg_what, limits)
-        segments.append(Segment(s[0], s[1], seg_row, seg_shape, seg_nbytes))
-    return Entry(row, shape, nbytes, tuple(stages), tuple(segments), first_segment)
+            raise _fail(f"tensor {index}: each segment must be [name, 'payload'|'meta', dtype, shape]")
+        name, role, seg_dtype, seg_dims = s
+        if name in names:
+            raise _fail(f"tensor {index}: duplicate segment name {name!r}")
+        names.add(name)
+        seg_row = _dtype(seg_dtype, index, name)
+        seg_shape = _shape(seg_dims, seg_row.itemsize, limits.max_ndim, index, name)
+        segments.append(
+            tuple.__new__(Segment, (name, role, seg_row, seg_shape, math.prod(seg_shape) * seg_row.itemsize))
+        )
+    return tuple.__new__(Entry, (row, shape, nbytes, tuple(stages), tuple(segments), first_segment))
 
 
 def parse_entry(raw: Any, index: int, limits: Limits = DEFAULT_LIMITS, first_segment: int = 0) -> Entry:
@@ -410,9 +357,7 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     """Start and length of every run of padding bytes, flattened."""
     pos = PREAMBLE_SIZE + hlen
     decoded = 0
-    by_name = dtypes.BY_NAME
     max_ndim = limits.max_ndim
-    new_entry = tuple.__new__
     done = 0
     if _fastwire is not None:
         # The C loop lays out the run of plain raw entries; this loop goes on from the first other one.
@@ -420,49 +365,10 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
             raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim
         )
     for i in range(done, len(raw_entries)):
-        raw = raw_entries[i]
-        # Fast path for the common raw entry [dtype, shape]; _entry() covers the rest.
-        if type(raw) is list and len(raw) == 2 and type(raw[1]) is list and len(raw[1]) <= max_ndim:
-            dims = raw[1]
-            try:
-                row = by_name[raw[0]]
-            except (KeyError, TypeError):
-                raise _fail(f"tensor {i}: dtype {raw[0]!r} is not one tensorcodec knows") from None
-            nbytes = row.itemsize
-            if len(dims) == 1:
-                d = dims[0]
-                if type(d) is not int or d < 0:
-                    raise _fail(_bad_dims(i, dims))
-                nbytes *= d
-                if nbytes > _MAX_SIZE:
-                    raise _fail(_bad_dims(i, dims))
-            else:
-                span = nbytes
-                for d in dims:
-                    if type(d) is not int or d < 0:
-                        raise _fail(_bad_dims(i, dims))
-                    nbytes *= d
-                    span *= d or 1
-                if span > _MAX_SIZE:
-                    raise _fail(_bad_dims(i, dims))
-            entries.append(new_entry(Entry, (row, tuple(dims), nbytes, (), (), len(offsets))))
-            decoded += nbytes
-            if nbytes:
-                start = (pos + ALIGN - 1) & -ALIGN
-                if start != pos:
-                    gaps.append(pos)
-                    gaps.append(start - pos)
-                pos = start + nbytes
-                if pos > total:
-                    raise _fail(f"truncated: tensor {i} needs bytes [{start}, {pos}), message has {total}")
-                offsets.append(start)
-            else:
-                offsets.append(pos)
-            continue
-        entry = _entry(raw, i, len(offsets), limits)
+        entry = _entry(raw_entries[i], i, len(offsets), limits)
         entries.append(entry)
         decoded += entry.nbytes
-        for seg in entry.segments:
+        for seg in entry.all_segments():
             n = seg.nbytes
             start = (pos + ALIGN - 1) & -ALIGN if n else pos
             if start != pos:
@@ -505,14 +411,6 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
                     if got != checksums[k]:
                         raise ChecksumError(f"tensor {i} segment {seg.name!r}", checksums[k], got)
     return Header(entries, tree, offsets, checksum, checksums)
-
-
-def _bad_dims(i: int, dims: list[Any]) -> str:
-    """Why a shape is invalid (the fast path checks first, then asks here for the words)."""
-    for d in dims:
-        if type(d) is not int or d < 0:
-            return f"tensor {i}: dimension {d!r} is not a non-negative integer"
-    return f"tensor {i}: shape {dims} overflows a 64-bit size"
 
 
 _PADDING_LOOP_MAX = 256
