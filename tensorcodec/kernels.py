@@ -934,12 +934,7 @@ def _q8_blocks(x: AnyArray, bs: int, lut: _Lut8, codes: U8Array, absmax: F32Arra
         all_normal = bool(normal.all())
         scale = inv if all_normal else np.where(normal, inv, np.float32(0.0))
         v = _to_f32(x, _scratch("f32", n, np.float32))
-        full = (n // bs) * bs
-        if full:
-            v2 = v[:full].reshape(-1, bs)
-            np.multiply(v2, scale[: full // bs, None], out=v2)
-        if full < n:
-            np.multiply(v[full:], scale[-1], out=v[full:])
+        _scaled(v, scale, bs, v)
         # (c + 1) * 32767.5 + 0.5, each step rounded in float32 as in the C kernel; |c| <= 1 + ulp needs no clamp.
         v += np.float32(1.0)
         v *= np.float32(32767.5)
@@ -1036,12 +1031,7 @@ def _dq8_blocks(q: U8Array, am: F32Array, bs: int, lut: _Lut8, out: AnyArray) ->
             )
         else:
             v = np.take(lut.code, q, out=_scratch("f32", n, np.float32), mode="clip")
-        full = (n // bs) * bs
-        if full:
-            v2 = v[:full].reshape(-1, bs)
-            np.multiply(v2, am[: full // bs, None], out=v2)
-        if full < n:
-            np.multiply(v[full:], am[-1], out=v[full:])
+        _scaled(v, am, bs, v)
         np.copyto(out, v, casting="unsafe")
 
 
@@ -1314,13 +1304,8 @@ def _dq4_blocks(p: U8Array, am: F32Array, bs: int, table: _Table4, out: AnyArray
     v = np.take(table.pairs, p, out=_scratch("u64", p.size, np.uint64), mode="clip").view(np.float32)[
         :n
     ]  # both nibbles at once
-    full = (n // bs) * bs
     with np.errstate(invalid="ignore", over="ignore"):
-        if full:
-            v2 = v[:full].reshape(-1, bs)
-            np.multiply(v2, am[: full // bs, None], out=v2)
-        if full < n:
-            np.multiply(v[full:], am[-1], out=v[full:])
+        _scaled(v, am, bs, v)
         np.copyto(out, v, casting="unsafe")
 
 
