@@ -169,3 +169,23 @@ def join_message(header: dict[str, Any], segments: list[bytes]) -> bytes:
         if seg:
             out += bytes(-len(out) % 64) + seg
     return bytes(out)
+
+
+FASTWIRE = wire._fastwire
+"""tensorcodec._fastwire as imported (tests' wire_impl fixture switches wire._fastwire while it runs)."""
+
+
+def both_wire_paths(run: Any, errors: tuple[type[BaseException], ...]) -> list[Any]:
+    """``run()`` with the C wire loops and again with the Python ones: its results, or the errors' text."""
+    before = wire._fastwire
+    results: list[Any] = []
+    try:
+        for impl in (FASTWIRE, None):
+            wire._fastwire = impl
+            try:
+                results.append(run())
+            except errors as e:
+                results.append(f"{type(e).__name__}: {e}")
+    finally:
+        wire._fastwire = before
+    return results

@@ -10,11 +10,11 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from _helpers import pack
+from _helpers import FASTWIRE, both_wire_paths, pack
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensorcodec import DecodeError, encode, wire
+from tensorcodec import DecodeError, encode
 from tensorcodec.testing import strategies
 from tensorcodec.tree import EXT_BIGINT, EXT_BYTEARRAY, EXT_TUPLE, flatten, format_path, unflatten
 
@@ -255,26 +255,15 @@ def test_big_int_payloads_decode_as_signed() -> None:
 
 # -- the C walk (tensorcodec._fastwire.plain_walk) against the Python one -----------------------------------------
 
-_BUILT = wire.fast_loops()  # read at import: the module-scoped wire_impl fixture switches it
-
 
 def _flatten_both_ways(obj: Any, max_depth: int = 64) -> list[Any]:
     """flatten's tree bytes and leaves (data as bytes), or the error it raised, with and without the C walk."""
-    before = wire._fastwire
-    results: list[Any] = []
-    try:
-        for impl in (_BUILT, None):
-            wire._fastwire = impl
-            try:
-                tree_bytes, leaves, _ = flatten(obj, max_depth)
-                results.append(
-                    (tree_bytes, [(lf.kind, lf.dtype, lf.shape, lf.data.tobytes(), lf.encoded) for lf in leaves])
-                )
-            except (TypeError, ValueError) as e:
-                results.append(f"{type(e).__name__}: {e}")
-    finally:
-        wire._fastwire = before
-    return results
+
+    def run() -> Any:
+        tree_bytes, leaves, _ = flatten(obj, max_depth)
+        return tree_bytes, [(lf.kind, lf.dtype, lf.shape, lf.data.tobytes(), lf.encoded) for lf in leaves]
+
+    return both_wire_paths(run, (TypeError, ValueError))
 
 
 def _odd_tensors() -> st.SearchStrategy[Any]:
@@ -303,7 +292,7 @@ def _odd_tensors() -> st.SearchStrategy[Any]:
     )
 
 
-@pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+@pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
 @given(
     st.one_of(
         strategies.trees(),
@@ -322,7 +311,7 @@ def test_c_walk_agrees_with_python(obj: Any, max_depth: int) -> None:
     assert fast == python
 
 
-@pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+@pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
 def test_c_walk_shares_nothing_it_should_not() -> None:
     a = np.arange(3.0)
     t = torch.ones(4)

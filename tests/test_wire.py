@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xxhash
-from _helpers import build, header_of, pack, raw_map, ref, slow, with_header
+from _helpers import FASTWIRE, both_wire_paths, build, header_of, pack, raw_map, ref, slow, with_header
 from hypothesis import event, given
 from hypothesis import strategies as st
 
@@ -578,24 +578,12 @@ def test_frames_of_mutated_messages_behave_like_the_message(message: bytes, data
 
 # -- the C loops (tensorcodec._fastwire) against the Python ones --------------------------------------------------
 
-_BUILT = wire._fastwire  # read at import: the module-scoped wire_impl fixture switches wire._fastwire
-needs_fastwire = pytest.mark.skipif(_BUILT is None, reason="tensorcodec._fastwire is not built")
+needs_fastwire = pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
 
 
 def _parse_both_ways(message: bytes) -> list[Any]:
     """parse_message's result (or DecodeError text) with the C loops and with the Python ones."""
-    before = wire._fastwire
-    results: list[Any] = []
-    try:
-        for impl in (_BUILT, None):
-            wire._fastwire = impl
-            try:
-                results.append(wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, True))
-            except tc.DecodeError as e:
-                results.append(f"{type(e).__name__}: {e}")
-    finally:
-        wire._fastwire = before
-    return results
+    return both_wire_paths(lambda: wire.parse_message(wire.Rope(message), wire.DEFAULT_LIMITS, True), (tc.DecodeError,))
 
 
 @needs_fastwire
@@ -637,7 +625,7 @@ def test_c_layout_agrees_on_hostile_raw_entries(entries: list[Any], body: int) -
 
 @needs_fastwire
 def test_c_loops_refuse_bad_arguments_without_crashing() -> None:
-    fw = _BUILT
+    fw = FASTWIRE
     assert fw is not None
     with pytest.raises(TypeError):
         fw.layout("not a list", {}, wire.Entry, 0, 0, 64)  # type: ignore[arg-type]
