@@ -179,13 +179,8 @@ class _Flattener:
         row = _BY_NUMPY.get(obj.dtype)
         leaf: Leaf | None
         if row is not None and row.name in _NUMPY_NATIVE and obj.flags.c_contiguous and _LITTLE:
-            # The common case in a few attribute reads: a native-endian contiguous array.
-            index = len(self.leaves)
-            self.leaves.append(tuple.__new__(Leaf, (NUMPY, row, obj.shape, obj if obj.size else _EMPTY, None)))
-            if self.names is not None:
-                self.names.append(".".join(self._path))
-            refs = _REFS[NUMPY]
-            return refs[index] if index < len(refs) else _ref(NUMPY, index)
+            # The common case in a few attribute reads: a native-endian contiguous array, kept as it is.
+            leaf = tuple.__new__(Leaf, (NUMPY, row, obj.shape, obj if obj.size else _EMPTY, None))
         else:
             leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
         return self._add(leaf, obj, NUMPY)
@@ -220,12 +215,9 @@ class _Flattener:
             except (RuntimeError, TypeError):
                 arr = None
             if arr is not None and arr.flags.c_contiguous:
-                index = len(self.leaves)
-                self.leaves.append(tuple.__new__(Leaf, (TORCH, row, arr.shape, arr if arr.size else _EMPTY, None)))
-                if self.names is not None:
-                    self.names.append(".".join(self._path))
-                refs = _REFS[TORCH]
-                return refs[index] if index < len(refs) else _ref(TORCH, index)
+                return self._add(
+                    tuple.__new__(Leaf, (TORCH, row, arr.shape, arr if arr.size else _EMPTY, None)), obj, TORCH
+                )
         leaf: Leaf | None
         if self.devices is not None and obj.device.type not in ("cpu", "meta"):
             leaf = _device_leaf(obj)
