@@ -19,6 +19,7 @@ from .arrays import (
     TORCH,
     Leaf,
     Materializer,
+    _from_numpy,
     leaf_from_numpy,
     leaf_from_torch,
     values,
@@ -361,7 +362,7 @@ def decode(
                 if kind == NUMPY:
                     return view.copy()  # (copy=True: views were returned as they are)
                 if kind == TORCH and wrap and entry.dtype.name in _WRAPPABLE and view.flags.aligned:
-                    return _torch_from_numpy()(view.copy() if copy else view)
+                    return _from_numpy(view.copy() if copy else view)
             part: int | None = 0
             if single is not None:
                 buf, offset = single, offsets[entry.first_segment]
@@ -407,13 +408,6 @@ def _frame_views(entries: list[wire.Entry], offsets: list[int], rope: Rope, fram
         part = parts[k]
         views.append(ndarray(e.shape, e.dtype.numpy, part, local) if local + e.nbytes <= part.nbytes else None)
     return views
-
-
-@functools.cache
-def _torch_from_numpy() -> Any:
-    import torch
-
-    return torch.from_numpy
 
 
 class _Coded:
