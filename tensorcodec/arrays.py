@@ -189,15 +189,7 @@ class Materializer:
             # from_numpy of a view costs less than as_strided and needs no strides.
             t = _from_numpy(np.ndarray(shape, dtype=row.numpy, buffer=buf, offset=offset))
         else:
-            n = len(shape)
-            if n == 1:
-                strides: tuple[int, ...] = (1,)
-            elif n == 2:
-                strides = (shape[1], 1)
-            else:
-                got = self._strides.get(shape)
-                strides = got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
-            t = base.as_strided(shape, strides, offset // row.itemsize)
+            t = base.as_strided(shape, self._contiguous(shape), offset // row.itemsize)
             if self.copy:
                 t = t.clone()
         if self.device is not None:
@@ -217,15 +209,7 @@ class Materializer:
                 base = bases[row] = self._aligned_base(row, buf)
             if base is _NO_BASE or offset % row.itemsize:
                 return None
-            n = len(shape)
-            if n == 2:
-                strides: tuple[int, ...] = (shape[1], 1)
-            elif n == 1:
-                strides = (1,)
-            else:
-                got = self._strides.get(shape)
-                strides = got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
-            return base.as_strided(shape, strides, offset // row.itemsize)
+            return base.as_strided(shape, self._contiguous(shape), offset // row.itemsize)
 
         return view
 
@@ -237,6 +221,16 @@ class Materializer:
         if base is not _NO_BASE and base.data_ptr() % row.itemsize:
             return _NO_BASE
         return base
+
+    def _contiguous(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """C-order strides in elements (1-D and 2-D directly, others remembered per decode call)."""
+        n = len(shape)
+        if n == 2:
+            return (shape[1], 1)
+        if n == 1:
+            return (1,)
+        got = self._strides.get(shape)
+        return got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
 
     def _torch_base(self, row: DType, buf: Any, nbytes: int) -> Any:
         """One typed tensor over all of ``buf``, from which tensors are strided views."""
