@@ -368,8 +368,7 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
         entry = _entry(raw_entries[i], i, len(offsets), limits)
         entries.append(entry)
         decoded += entry.nbytes
-        for seg in entry.all_segments():
-            n = seg.nbytes
+        for n in [seg.nbytes for seg in entry.segments] if entry.stages else (entry.nbytes,):
             start = (pos + ALIGN - 1) & -ALIGN if n else pos
             if start != pos:
                 gaps.append(pos)
