@@ -11,7 +11,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #define ALIGN 64
 #define MAX_SIZE ((uint64_t)INT64_MAX)
@@ -153,8 +158,100 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ joining frames */
+
+#define JOIN_BATCH 256
+/* Frames whose buffers are held at once: one Py_buffer per frame of a message of thousands of small
+ * tensors would take 80 bytes each, fresh memory that sits on top of the output at its peak. */
+#define JOIN_NOGIL_BYTES (256 << 10)
+/* A batch holding this many bytes is copied with the GIL released; smaller ones cost less than the switch. */
+
+/* The buffer of frames[i], held while it is copied. */
+static int get_frame(PyObject *frames, Py_ssize_t i, Py_buffer *view)
+{
+    PyObject *frame = PyList_GET_ITEM(frames, i);
+    Py_INCREF(frame);
+    int err = PyObject_GetBuffer(frame, view, PyBUF_C_CONTIGUOUS);
+    Py_DECREF(frame);
+    return err;
+}
+
+/* ValueError for a buffer of cap bytes, naming what the frames need: `need` for those before frames[i]. */
+static void too_small(PyObject *frames, Py_ssize_t i, Py_ssize_t need, Py_ssize_t cap)
+{
+    Py_buffer view;
+    for (; i < PyList_GET_SIZE(frames); i++) {
+        if (get_frame(frames, i, &view) < 0)
+            return;
+        need += view.len;
+        PyBuffer_Release(&view);
+    }
+    PyErr_Format(PyExc_ValueError, "buffer of %zd bytes is too small: the frames need %zd", cap, need);
+}
+
+static void copy_views(const Py_buffer *views, Py_ssize_t n, char *at)
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (views[k].len)
+            memcpy(at, views[k].buf, (size_t)views[k].len);
+        at += views[k].len;
+    }
+}
+
+/* b"".join(frames) written to out[0:cap], a batch of frames at a time: returns the bytes written, or -1
+ * with an exception set (ValueError when cap is too small; the batches that fitted were written).
+ * With `consume`, each frame copied is replaced by None in the list, so that memory only the list
+ * holds (the header, copies of strided tensors) is freed before the output is complete. */
+static Py_ssize_t copy_frames_into(PyObject *frames, char *out, Py_ssize_t cap, int consume)
+{
+    Py_ssize_t most = PyList_GET_SIZE(frames) < JOIN_BATCH ? PyList_GET_SIZE(frames) : JOIN_BATCH;
+    if (most < 1)
+        most = 1;
+    Py_buffer *views = PyMem_Malloc((size_t)most * sizeof(Py_buffer));
+    if (!views) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0, i = 0, k;
+    int ok = 1;
+    while (ok && i < PyList_GET_SIZE(frames)) {
+        Py_ssize_t held = 0, bytes = 0, first = i;
+        while (held < most && i < PyList_GET_SIZE(frames)) {
+            if (get_frame(frames, i, &views[held]) < 0) {
+                ok = 0;
+                break;
+            }
+            Py_ssize_t len = views[held].len;
+            held++;
+            i++;
+            if (len > cap - pos - bytes) {
+                too_small(frames, i, pos + bytes + len, cap);
+                ok = 0;
+                break;
+            }
+            bytes += len;
+        }
+        if (ok) {
+            if (bytes >= JOIN_NOGIL_BYTES) {
+                Py_BEGIN_ALLOW_THREADS
+                copy_views(views, held, out + pos);
+                Py_END_ALLOW_THREADS
+            } else {
+                copy_views(views, held, out + pos);
+            }
+            pos += bytes;
+        }
+        for (k = 0; k < held; k++)
+            PyBuffer_Release(&views[k]);
+        for (k = first; ok && consume && k < i && k < PyList_GET_SIZE(frames); k++)
+            ok = PyList_SetItem(frames, k, Py_NewRef(Py_None)) == 0;
+    }
+    PyMem_Free(views);
+    return ok ? pos : -1;
+}
+
 /* join_into(dst, frames) -> bytes written: b"".join(frames) written into the writable buffer dst.
- * Every frame must be a C-contiguous buffer; ValueError when dst is too small (nothing written). */
+ * Every frame must be a C-contiguous buffer; ValueError when dst is too small. */
 static PyObject *join_into(PyObject *self, PyObject *args)
 {
     PyObject *dst_obj, *frames;
@@ -163,43 +260,92 @@ static PyObject *join_into(PyObject *self, PyObject *args)
     Py_buffer dst;
     if (PyObject_GetBuffer(dst_obj, &dst, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
         return NULL;
-    Py_ssize_t n = PyList_GET_SIZE(frames), i, filled = 0;
-    Py_buffer *views = PyMem_Calloc(n ? (size_t)n : 1, sizeof(Py_buffer));
-    Py_ssize_t total = 0;
-    if (!views) {
-        PyBuffer_Release(&dst);
-        return PyErr_NoMemory();
-    }
-    for (i = 0; i < n; i++) {
-        if (PyObject_GetBuffer(PyList_GET_ITEM(frames, i), &views[i], PyBUF_C_CONTIGUOUS) < 0)
-            goto done;
-        filled = i + 1;
-        if (views[i].len > PY_SSIZE_T_MAX - total) {
-            PyErr_SetString(PyExc_OverflowError, "frames too large");
-            goto done;
-        }
-        total += views[i].len;
-    }
-    if (total > dst.len) {
-        PyErr_Format(PyExc_ValueError, "buffer of %zd bytes is too small: the frames need %zd", dst.len, total);
-        goto done;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    char *out = dst.buf;
-    for (i = 0; i < n; i++) {
-        if (views[i].len)
-            memcpy(out, views[i].buf, (size_t)views[i].len);
-        out += views[i].len;
-    }
-    Py_END_ALLOW_THREADS
-done:
-    for (i = 0; i < filled; i++)
-        PyBuffer_Release(&views[i]);
-    PyMem_Free(views);
+    Py_ssize_t n = copy_frames_into(frames, dst.buf, dst.len, 0);
     PyBuffer_Release(&dst);
-    if (PyErr_Occurred())
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+#define HUGE_PAGE ((Py_ssize_t)2 << 20) /* a transparent huge page on x86-64 and most arm64 kernels */
+#define BYTES_OVERHEAD 57
+/* glibc serves a malloc(m) above its mmap threshold with a mapping of ALIGN_UP(((m + 23) & ~15) + 8, page);
+ * a bytes object of n bytes asks for n + 33. Asking for L - 57 bytes makes the mapping exactly L long. */
+
+#if defined(MADV_HUGEPAGE)
+#if defined(__linux__) && !defined(MADV_COLLAPSE)
+#define MADV_COLLAPSE 25 /* Linux 6.1; older kernels refuse it, which costs nothing */
+#endif
+static uintptr_t page_size = 4096;
+static int thp_enabled; /* transparent huge pages are on ("always" or "madvise"), read at import */
+
+static int read_thp_enabled(void)
+{
+    char line[128] = {0};
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f)
+        return 0;
+    int ok = fgets(line, sizeof line, f) != NULL && strstr(line, "[never]") == NULL;
+    fclose(f);
+    return ok;
+}
+
+/* Huge pages for the whole 2 MiB pages that the data at p[0:size] will fill, before they are touched.
+ * Writing fresh 4 KiB pages costs a fault each (~1.7 GB/s here); huge pages make the copy several
+ * times faster. Advice only: failure changes nothing but speed. */
+static void advise_huge(char *p, Py_ssize_t size)
+{
+    uintptr_t start = (uintptr_t)p & ~(page_size - 1);
+    uintptr_t end = ((uintptr_t)p + (uintptr_t)size) & ~((uintptr_t)HUGE_PAGE - 1);
+    if (end <= start)
+        return;
+    madvise((void *)start, end - start, MADV_HUGEPAGE);
+#if defined(MADV_COLLAPSE)
+    /* malloc and the bytes header already touched the first page, so the first huge page would be
+     * faulted in 4 KiB pages: turn it into a huge page now, while it holds only that header. */
+    if (start % (uintptr_t)HUGE_PAGE == 0)
+        madvise((void *)start, (size_t)HUGE_PAGE, MADV_COLLAPSE);
+#endif
+}
+#endif
+
+/* join_bytes(frames, size) -> b"".join(frames), which must be size bytes (ValueError otherwise). It
+ * empties the list as it goes: each frame copied is replaced by None.
+ *
+ * From 2 MiB on Linux with transparent huge pages on, the bytes object is placed for them: asked for a
+ * little more than size, so that malloc maps a whole number of 2 MiB pages, which the kernel aligns to
+ * 2 MiB; then shrunk to size (glibc gives the untouched tail back with mremap). */
+static PyObject *join_bytes(PyObject *self, PyObject *args)
+{
+    PyObject *frames;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "O!n", &PyList_Type, &frames, &size))
         return NULL;
-    return PyLong_FromSsize_t(total);
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        return NULL;
+    }
+    Py_ssize_t alloc = size;
+#if defined(MADV_HUGEPAGE)
+    int huge = thp_enabled && size >= HUGE_PAGE && size <= PY_SSIZE_T_MAX - BYTES_OVERHEAD - HUGE_PAGE;
+    if (huge)
+        alloc = (size + BYTES_OVERHEAD + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE - BYTES_OVERHEAD;
+#endif
+    PyObject *out = PyBytes_FromStringAndSize(NULL, alloc);
+    if (!out)
+        return NULL;
+#if defined(MADV_HUGEPAGE)
+    if (huge)
+        advise_huge(PyBytes_AS_STRING(out), size);
+#endif
+    Py_ssize_t n = copy_frames_into(frames, PyBytes_AS_STRING(out), size, 1);
+    if (n >= 0 && n != size)
+        PyErr_Format(PyExc_ValueError, "the frames hold %zd bytes, not %zd", n, size);
+    if (n != size) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    if (alloc != size && _PyBytes_Resize(&out, size) < 0)
+        return NULL;
+    return out;
 }
 
 /* first_nonzero(buf, gaps) -> offset: the first nonzero byte in the runs (start, length, start, length, ...)
@@ -240,25 +386,75 @@ done:
     return PyLong_FromSsize_t(found);
 }
 
+/* ------------------------------------------------------------------------------------------ TensorBytes */
+
+/* The bytes of a contiguous CPU tensor: exported through the buffer protocol (read-only, format "B",
+ * one dimension), with the tensor held so that its memory stays. This is what plain_walk keeps of a
+ * torch tensor instead of t.numpy(), which costs more than all the checks it makes together. Like a
+ * numpy array, it is not tracked by the garbage collector (it only ever refers to a tensor). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner;
+    char *buf;
+    Py_ssize_t len;
+} TensorBytes;
+
+static void tensor_bytes_dealloc(PyObject *self)
+{
+    Py_XDECREF(((TensorBytes *)self)->owner);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static int tensor_bytes_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    TensorBytes *b = (TensorBytes *)self;
+    return PyBuffer_FillInfo(view, self, b->buf, b->len, 1, flags);
+}
+
+static PyObject *tensor_bytes_nbytes(PyObject *self, void *closure)
+{
+    return PyLong_FromSsize_t(((TensorBytes *)self)->len);
+}
+
+static PyBufferProcs tensor_bytes_as_buffer = {tensor_bytes_getbuffer, NULL};
+
+static PyGetSetDef tensor_bytes_getset[] = {
+    {"nbytes", tensor_bytes_nbytes, NULL, "Size in bytes.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject TensorBytesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tensorcodec._fastwire.TensorBytes",
+    .tp_basicsize = sizeof(TensorBytes),
+    .tp_dealloc = tensor_bytes_dealloc,
+    .tp_as_buffer = &tensor_bytes_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A tensor's bytes, read-only through the buffer protocol; holds the tensor.",
+    .tp_getset = tensor_bytes_getset,
+};
+
 /* ------------------------------------------------------------------------------------------ plain_walk */
 
 /* What one plain_walk call needs; the tables and types come from tree.py. */
 typedef struct {
     int max_depth;
     PyObject *numpy_rows;   /* dict: numpy dtype -> row, for dtypes whose arrays export their buffer */
-    PyObject *torch_rows;   /* dict: torch dtype -> row, the same dtypes */
+    PyObject *torch_rows;   /* dict: torch dtype -> (row, itemsize, is_complex), the same dtypes */
     PyObject *ndarray_type; /* numpy.ndarray */
     PyObject *tensor_types; /* tuple of exact torch tensor types (may be empty) */
     PyTypeObject *leaf_type;
     PyTypeObject *ext_type;
     PyObject *empty;   /* the empty uint8 array of a zero-size leaf */
     PyObject *numpy_refs, *torch_refs; /* tree._REFS[1], tree._REFS[2] */
+    PyObject *strided; /* torch.strided (None without torch) */
     PyObject *leaves;  /* list being filled */
     PyObject *seen;    /* set of ids (numpy) and data pointers (torch) met so far */
     int bail;          /* set when the tree needs tree.py's general walk; no exception then */
 } Walk;
 
-static PyObject *k_dtype, *k_flags, *k_c_contiguous, *k_shape, *k_size, *k_numpy, *k_data_ptr;
+static PyObject *k_dtype, *k_flags, *k_c_contiguous, *k_shape, *k_size, *k_data_ptr, *k_layout, *k_is_cpu,
+    *k_is_contiguous, *k_is_neg, *k_is_conj;
 
 static PyObject *new_reference(Walk *w, long kind, Py_ssize_t index);
 
@@ -315,10 +511,32 @@ static int first_sight(Walk *w, PyObject *key)
     return PySet_Add(w->seen, key) < 0 ? -1 : 1;
 }
 
+/* Appends the leaf (kind, row, shape, data, None) and returns its table reference. */
+static PyObject *append_leaf(Walk *w, long kind, PyObject *row, PyObject *shape, PyObject *data)
+{
+    PyObject *leaf = w->leaf_type->tp_alloc(w->leaf_type, 5);
+    if (!leaf)
+        return NULL;
+    PyTuple_SET_ITEM(leaf, 0, PyLong_FromLong(kind));
+    Py_INCREF(row);
+    PyTuple_SET_ITEM(leaf, 1, row);
+    Py_INCREF(shape);
+    PyTuple_SET_ITEM(leaf, 2, shape);
+    Py_INCREF(data);
+    PyTuple_SET_ITEM(leaf, 3, data);
+    Py_INCREF(Py_None);
+    PyTuple_SET_ITEM(leaf, 4, Py_None);
+    PyObject *result = NULL;
+    if (PyTuple_GET_ITEM(leaf, 0) && PyList_Append(w->leaves, leaf) == 0)
+        result = reference(w, kind, PyList_GET_SIZE(w->leaves) - 1);
+    Py_DECREF(leaf);
+    return result;
+}
+
 /* A leaf for a C-contiguous array of a known dtype: its table reference, or NULL with w->bail set. */
 static PyObject *add_leaf(Walk *w, long kind, PyObject *row, PyObject *arr)
 {
-    PyObject *flags = PyObject_GetAttr(arr, k_flags), *contiguous = NULL, *shape = NULL, *size = NULL, *leaf = NULL;
+    PyObject *flags = PyObject_GetAttr(arr, k_flags), *contiguous = NULL, *shape = NULL, *size = NULL;
     PyObject *result = NULL;
     if (!flags)
         goto done;
@@ -340,28 +558,12 @@ static PyObject *add_leaf(Walk *w, long kind, PyObject *row, PyObject *arr)
     int empty = PyObject_Not(size);
     if (empty < 0)
         goto done;
-    leaf = w->leaf_type->tp_alloc(w->leaf_type, 5);
-    if (!leaf)
-        goto done;
-    PyObject *data = empty ? w->empty : arr;
-    PyTuple_SET_ITEM(leaf, 0, PyLong_FromLong(kind));
-    Py_INCREF(row);
-    PyTuple_SET_ITEM(leaf, 1, row);
-    Py_INCREF(shape);
-    PyTuple_SET_ITEM(leaf, 2, shape);
-    Py_INCREF(data);
-    PyTuple_SET_ITEM(leaf, 3, data);
-    Py_INCREF(Py_None);
-    PyTuple_SET_ITEM(leaf, 4, Py_None);
-    if (!PyTuple_GET_ITEM(leaf, 0) || PyList_Append(w->leaves, leaf) < 0)
-        goto done;
-    result = reference(w, kind, PyList_GET_SIZE(w->leaves) - 1);
+    result = append_leaf(w, kind, row, shape, empty ? w->empty : arr);
 done:
     Py_XDECREF(flags);
     Py_XDECREF(contiguous);
     Py_XDECREF(shape);
     Py_XDECREF(size);
-    Py_XDECREF(leaf);
     return result;
 }
 
@@ -388,37 +590,133 @@ static PyObject *walk_numpy(Walk *w, PyObject *arr)
     return add_leaf(w, 1, row, arr);
 }
 
+/* t.<name>, or t.<name>() when `call`. torch's attributes are getters and methods of its C tensor type:
+ * calling those straight spares the generic lookup (for a method, in the tensor's __dict__ first) that
+ * costs as much as some of these calls. Anything else goes the usual way. */
+static PyObject *tensor_attr(PyObject *t, PyObject *name, int call)
+{
+    PyObject *descr = _PyType_Lookup(Py_TYPE(t), name); /* borrowed */
+    if (descr && call && Py_IS_TYPE(descr, &PyMethodDescr_Type))
+        return PyObject_Vectorcall(descr, &t, 1, NULL);
+    if (descr && !call && Py_IS_TYPE(descr, &PyGetSetDescr_Type))
+        return Py_TYPE(descr)->tp_descr_get(descr, t, (PyObject *)Py_TYPE(t));
+    return call ? PyObject_CallMethodNoArgs(t, name) : PyObject_GetAttr(t, name);
+}
+
+/* 1 if t.<name> (or t.<name>() when `call`) is True, 0 if it is False, -1 if it raised or is neither. */
+static int torch_flag(PyObject *t, PyObject *name, int call)
+{
+    PyObject *v = tensor_attr(t, name, call);
+    if (!v) {
+        PyErr_Clear();
+        return -1;
+    }
+    int flag = v == Py_True ? 1 : v == Py_False ? 0 : -1;
+    Py_DECREF(v);
+    return flag;
+}
+
+/* t's shape as a tuple, and in *nbytes its size for elements of `itemsize` bytes; NULL when the
+ * shape is not a tuple of non-negative ints whose size fits (no exception set then). */
+static PyObject *torch_shape(PyObject *t, Py_ssize_t itemsize, Py_ssize_t *nbytes)
+{
+    PyObject *size = tensor_attr(t, k_shape, 0); /* torch.Size, a tuple subclass */
+    if (!size || !PyTuple_Check(size)) {
+        PyErr_Clear();
+        Py_XDECREF(size);
+        return NULL;
+    }
+    Py_ssize_t n = itemsize, k, ndim = PyTuple_GET_SIZE(size);
+    for (k = 0; k < ndim; k++) {
+        PyObject *d = PyTuple_GET_ITEM(size, k);
+        Py_ssize_t v = PyLong_Check(d) ? PyLong_AsSsize_t(d) : -1;
+        if (v < 0 || (v && n > PY_SSIZE_T_MAX / v)) {
+            PyErr_Clear();
+            Py_DECREF(size);
+            return NULL;
+        }
+        n *= v;
+    }
+    PyObject *shape = PyTuple_GetSlice(size, 0, ndim); /* a plain tuple, as numpy's shapes are */
+    Py_DECREF(size);
+    *nbytes = n;
+    return shape;
+}
+
+/* A leaf for a torch tensor whose bytes can be read as they are: a dense, contiguous CPU tensor of a
+ * dtype numpy has, without the lazy conjugate or negative bit. Those are the checks t.numpy() makes,
+ * but for grad, which only matters to autograd: a tensor that needs grad is read the same way. */
 static PyObject *walk_torch(Walk *w, PyObject *t)
 {
-    PyObject *dtype = PyObject_GetAttr(t, k_dtype);
+    PyObject *dtype = tensor_attr(t, k_dtype, 0);
     if (!dtype)
         return NULL;
-    PyObject *row = PyDict_GetItemWithError(w->torch_rows, dtype); /* borrowed */
+    PyObject *found = PyDict_GetItemWithError(w->torch_rows, dtype); /* borrowed */
     Py_DECREF(dtype);
-    if (!row) {
+    if (!found) {
         w->bail = !PyErr_Occurred();
         return NULL;
     }
-    PyObject *ptr = PyObject_CallMethodNoArgs(t, k_data_ptr);
+    if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 3) {
+        PyErr_SetString(PyExc_TypeError, "torch_rows must map dtypes to (row, itemsize, is_complex)");
+        return NULL;
+    }
+    int complex = PyObject_IsTrue(PyTuple_GET_ITEM(found, 2));
+    if (complex < 0)
+        return NULL;
+    Py_ssize_t itemsize = PyLong_AsSsize_t(PyTuple_GET_ITEM(found, 1));
+    if (itemsize <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "itemsize must be positive");
+        return NULL;
+    }
+    PyObject *ptr = tensor_attr(t, k_data_ptr, 1);
     if (!ptr) { /* sparse and other storage-less layouts: tree.py words the error */
         PyErr_Clear();
         w->bail = 1;
         return NULL;
     }
-    int first = first_sight(w, ptr); /* tied weights: tree.py compares layouts */
+    char *address = PyLong_AsVoidPtr(ptr);
+    /* Tied weights share a pointer: tree.py compares layouts. Empty tensors may all have none. */
+    int first = address ? first_sight(w, ptr) : PyErr_Occurred() ? -1 : 1;
     Py_DECREF(ptr);
     if (first <= 0) {
         w->bail = first == 0;
         return NULL;
     }
-    PyObject *arr = PyObject_CallMethodNoArgs(t, k_numpy);
-    if (!arr) { /* grad, conjugate or negative bit, not on the CPU: tree.py's general path */
+    PyObject *layout = tensor_attr(t, k_layout, 0);
+    if (!layout)
         PyErr_Clear();
-        w->bail = 1;
+    /* (torch sets the conjugate bit on complex tensors only) */
+    int plain = layout && layout == w->strided && torch_flag(t, k_is_cpu, 0) == 1 &&
+                torch_flag(t, k_is_contiguous, 1) == 1 && torch_flag(t, k_is_neg, 1) == 0 &&
+                (!complex || torch_flag(t, k_is_conj, 1) == 0);
+    Py_XDECREF(layout);
+    Py_ssize_t nbytes = 0;
+    PyObject *shape = plain ? torch_shape(t, itemsize, &nbytes) : NULL;
+    if (!shape || (nbytes && !address)) { /* GPU, sparse, strided, conj/neg views: tree.py's general path */
+        Py_XDECREF(shape);
+        w->bail = !PyErr_Occurred();
         return NULL;
     }
-    PyObject *ref = add_leaf(w, 2, row, arr);
-    Py_DECREF(arr);
+    PyObject *data = w->empty;
+    Py_INCREF(data);
+    if (nbytes) {
+        TensorBytes *b = PyObject_New(TensorBytes, &TensorBytesType);
+        if (!b) {
+            Py_DECREF(shape);
+            Py_DECREF(data);
+            return NULL;
+        }
+        Py_INCREF(t);
+        b->owner = t;
+        b->buf = address;
+        b->len = nbytes;
+        Py_SETREF(data, (PyObject *)b);
+    }
+    PyObject *ref = append_leaf(w, 2, PyTuple_GET_ITEM(found, 0), shape, data);
+    Py_DECREF(shape);
+    Py_DECREF(data);
     return ref;
 }
 
@@ -471,7 +769,7 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
                 break;
             }
             Py_INCREF(key);
-            Py_INCREF(value); /* the walk may run Python code (numpy(), data_ptr()) */
+            Py_INCREF(value); /* the walk may run Python code (data_ptr(), is_contiguous()) */
             PyObject *item = walk(w, value, depth + 1);
             if (!item || PyDict_SetItem(out, key, item) < 0)
                 Py_CLEAR(out);
@@ -501,20 +799,20 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
 }
 
 /* plain_walk(obj, max_depth, numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type, ext_type, empty,
- *            numpy_refs, torch_refs) -> (tree, leaves) or None
+ *            numpy_refs, torch_refs, strided) -> (tree, leaves) or None
  * tree.flatten's walk for the common trees: dicts (str keys), lists, str, bytes, float, bool, None,
  * 64-bit ints, and C-contiguous numpy arrays / CPU torch tensors of numpy's own dtypes, each
- * object once. Anything else (tuples, tied tensors, big ints, subclasses, other dtypes, too deep)
+ * object once (a tensor's leaf holds a TensorBytes of it). Anything else (tuples, tied tensors, big ints, subclasses, other dtypes, too deep)
  * gives None, and tree.py walks the tree itself. */
 static PyObject *plain_walk(PyObject *self, PyObject *args)
 {
     Walk w;
     memset(&w, 0, sizeof w);
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!OO!O!", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
+    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!OO!O!O", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
                           &w.torch_rows, &w.ndarray_type, &PyTuple_Type, &w.tensor_types, &PyType_Type, &w.leaf_type,
                           &PyType_Type, &w.ext_type, &w.empty, &PyList_Type, &w.numpy_refs, &PyList_Type,
-                          &w.torch_refs))
+                          &w.torch_refs, &w.strided))
         return NULL;
     if (!PyType_IsSubtype(w.leaf_type, &PyTuple_Type) || !PyType_IsSubtype(w.ext_type, &PyTuple_Type)) {
         PyErr_SetString(PyExc_TypeError, "leaf_type and ext_type must be tuple subclasses");
@@ -543,6 +841,7 @@ static PyMethodDef methods[] = {
     {"first_nonzero", first_nonzero, METH_VARARGS, "Offset of the first nonzero byte in runs of a buffer, or -1."},
     {"layout", layout, METH_VARARGS, "Validated layout of the raw entries of a tensor table (see wire.py)."},
     {"join_into", join_into, METH_VARARGS, "b\"\".join(frames) into a writable buffer; returns the bytes written."},
+    {"join_bytes", join_bytes, METH_VARARGS, "b\"\".join(frames) of a known size, placed for huge pages from 2 MiB."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -557,9 +856,25 @@ PyMODINIT_FUNC PyInit__fastwire(void)
     k_c_contiguous = PyUnicode_InternFromString("c_contiguous");
     k_shape = PyUnicode_InternFromString("shape");
     k_size = PyUnicode_InternFromString("size");
-    k_numpy = PyUnicode_InternFromString("numpy");
     k_data_ptr = PyUnicode_InternFromString("data_ptr");
-    if (!k_dtype || !k_flags || !k_c_contiguous || !k_shape || !k_size || !k_numpy || !k_data_ptr)
+    k_layout = PyUnicode_InternFromString("layout");
+    k_is_cpu = PyUnicode_InternFromString("is_cpu");
+    k_is_contiguous = PyUnicode_InternFromString("is_contiguous");
+    k_is_neg = PyUnicode_InternFromString("is_neg");
+    k_is_conj = PyUnicode_InternFromString("is_conj");
+    if (!k_dtype || !k_flags || !k_c_contiguous || !k_shape || !k_size || !k_data_ptr || !k_layout || !k_is_cpu ||
+        !k_is_contiguous || !k_is_neg || !k_is_conj)
         return NULL;
-    return PyModule_Create(&module);
+#if defined(MADV_HUGEPAGE)
+    long page = sysconf(_SC_PAGESIZE);
+    if (page > 0)
+        page_size = (uintptr_t)page;
+    thp_enabled = read_thp_enabled();
+#endif
+    if (PyType_Ready(&TensorBytesType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddObjectRef(m, "TensorBytes", (PyObject *)&TensorBytesType) < 0)
+        Py_CLEAR(m);
+    return m;
 }

@@ -42,16 +42,21 @@ class Leaf(NamedTuple):
     kind: int
     dtype: DType
     shape: tuple[int, ...]
-    data: np.ndarray[Any, Any]
-    """C-contiguous little-endian bytes of the tensor: the array itself where numpy exports its buffer
-    (numpy's own dtypes), else a flat uint8 view; empty for a pre-encoded one. ``values`` reads it typed."""
+    data: Any
+    """C-contiguous little-endian bytes of the tensor, as a buffer with ``nbytes``: the array itself where numpy
+    exports its buffer (numpy's own dtypes), a ``_fastwire.TensorBytes`` of a plain CPU torch tensor (the C walk),
+    else a flat uint8 view; empty for a pre-encoded one. ``values`` reads it typed."""
     encoded: Any = None
     """A ``codecs.Quantized`` sent as it is, or None."""
 
 
 def values(leaf: Leaf) -> np.ndarray[Any, Any]:
     """The leaf's elements as a flat array of its dtype (a view, no copy)."""
-    return leaf.data.reshape(-1).view(leaf.dtype.numpy)
+    data = leaf.data
+    if type(data) is not np.ndarray:  # a TensorBytes
+        data = np.frombuffer(data, dtype=np.uint8)
+    flat: np.ndarray[Any, Any] = data.reshape(-1).view(leaf.dtype.numpy)
+    return flat
 
 
 def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtype[np.uint8]]:
@@ -204,22 +209,23 @@ class Materializer:
         bases: dict[DType, Any] = {}
 
         def view(row: DType, shape: tuple[int, ...], offset: int) -> Any:
-            base = bases.get(row)
-            if base is None:
+            base = bases.get(row, _NO_BASE)
+            if base is _NO_BASE:
                 base = bases[row] = self._aligned_base(row, buf)
-            if base is _NO_BASE or offset % row.itemsize:
+            if base is None or offset % row.itemsize:
                 return None
             return base.as_strided(shape, self._contiguous(shape), offset // row.itemsize)
 
         return view
 
     def _aligned_base(self, row: DType, buf: Any) -> Any:
+        """A torch tensor of ``row`` over all of ``buf``; None where torch lacks the dtype or ``buf`` is misaligned."""
         try:
             base = self._torch_base(row, buf, 1)
         except TypeError:
-            return _NO_BASE
-        if base is not _NO_BASE and base.data_ptr() % row.itemsize:
-            return _NO_BASE
+            return None
+        if base is _NO_BASE or base.data_ptr() % row.itemsize:
+            return None
         return base
 
     def _contiguous(self, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -20,6 +20,7 @@ from .arrays import (
     Leaf,
     Materializer,
     _from_numpy,
+    _from_numpy_fn,
     leaf_from_numpy,
     leaf_from_torch,
     values,
@@ -27,7 +28,7 @@ from .arrays import (
 from .codecs import BuiltCodecs, Codec, Encoded, build_codec, decode_batch, decode_segments, encode_chain
 from .errors import DecodeError
 from .policy import Policy, Precision
-from .tree import flatten, unflatten
+from .tree import _NO_ROUTES, Route, flatten, unflatten
 from .wire import ALIGN, DEFAULT_LIMITS, ZEROS, Limits, Rope
 
 __all__ = ["encode", "encode_frames", "encode_into", "decode"]
@@ -192,7 +193,13 @@ def encode(
     the path of an object that cannot be encoded.
     """
     frames, size = _frames(obj, precision, policy, checksum, max_depth)
-    if size >= (_HUGE_BYTES_MIN if wire.FAST_COPY else _HUGE_BYTES_MIN_PYTHON):
+    fast = wire.fast_loops()
+    if fast is not None:
+        # One copy, into memory placed for huge pages from 2 MiB; the frames are dropped as they are
+        # copied, so that the header is freed before the output is complete.
+        joined: bytes = fast.join_bytes(frames, size)
+        return joined
+    if size >= _HUGE_BYTES_MIN_PYTHON:
         made = _fresh_bytes(size)
         if made is not None:
             out, dst = made
@@ -202,10 +209,9 @@ def encode(
     return b"".join(frames)
 
 
-_HUGE_BYTES_MIN = 2 << 20
-"""From this size ``encode`` writes into huge-page memory (one huge page is 2 MiB)."""
 _HUGE_BYTES_MIN_PYTHON = 8 << 20
-"""The same without ``_fastwire``: copying frame by frame in Python costs more than the faults it saves below."""
+"""Without ``_fastwire``, from this size ``encode`` writes into huge-page memory (``_fastwire.join_bytes`` does
+from 2 MiB, one huge page): copying frame by frame in Python costs more than the faults it saves below."""
 
 
 def _fresh_bytes(size: int) -> tuple[bytes, np.ndarray[Any, Any]] | None:
@@ -383,7 +389,114 @@ def decode(
             e.args = (f"tensor {index}: {e}",)  # (keeps the subclass and its attributes)
             raise
 
-    return unflatten(header.tree, tensor, len(entries), limits.max_depth)
+    routes = _routes(views, entries, offsets, single, kinds, make, wrap) if views else _NO_ROUTES
+    return unflatten(header.tree, tensor, len(entries), limits.max_depth, routes)
+
+
+def _routes(
+    views: list[Any],
+    entries: list[wire.Entry],
+    offsets: list[int],
+    single: Any,
+    kinds: dict[int, int],
+    make: Materializer,
+    wrap: bool,
+) -> tuple[Route | None, ...]:
+    """Tables from which the C tree decoder answers references without calling back (by ext code).
+
+    numpy answers are the sweep's views (copied when ``copy``), or views made when first asked
+    for; torch answers wrap the views, or are strided views of one typed base for dtypes numpy
+    lacks (bf16, fp8). Anything else (scalars, coded tensors, devices, complex) goes through
+    ``tensor``.
+    """
+    n = len(entries)
+    copy = make.copy
+    rows = {e.dtype for e in entries}
+    by_kind: dict[int, Route] = {
+        NUMPY: ([None] * n, views, np.ndarray.copy)
+        if copy
+        else (views, _lazy_views(views, entries, offsets, single, rows), None)
+    }
+    if wrap:
+        # torch is imported only when a tensor asks for it: until then, a wrapper that imports it.
+        imported = sys.modules.get("torch") is not None
+        sources = _torch_sources(views, entries, offsets, single, rows, make if imported and not copy else None)
+        convert = _from_numpy_copy if copy else _from_numpy_fn() if imported else _from_numpy
+        by_kind[TORCH] = ([None] * n, sources, convert)
+    return (None, *(by_kind.get(kinds[code]) for code in (NUMPY, TORCH, SCALAR)))
+
+
+def _lazy_views(
+    views: list[Any], entries: list[wire.Entry], offsets: list[int], single: Any, rows: set[dtypes.DType]
+) -> list[Any] | None:
+    """Calls making the numpy views the sweep left out (dtypes numpy lacks), or None where there are none."""
+    if single is None or all(row.name in _NUMPY_NATIVE for row in rows):
+        return None
+    ndarray = np.ndarray
+    return [
+        (ndarray, e.shape, e.dtype.numpy, single, offsets[e.first_segment])
+        if v is None and e.nbytes and not e.stages
+        else None
+        for v, e in zip(views, entries, strict=True)
+    ]
+
+
+def _torch_sources(
+    views: list[Any],
+    entries: list[wire.Entry],
+    offsets: list[int],
+    single: Any,
+    rows: set[dtypes.DType],
+    make: Materializer | None,
+) -> list[Any]:
+    """What each torch answer is made from: a view for ``torch.from_numpy``, a call ``(base.as_strided, shape,
+    strides, offset)`` for the dtypes numpy lacks (with ``make``), or None (``tensor`` decides)."""
+    wrappable = sum(row.name in _WRAPPABLE for row in rows)
+    # A buffer aligned for the widest dtype aligns every view (segments sit at multiples of ALIGN);
+    # frames, or an odd buffer, have each view asked.
+    if single is None or (wrappable and not np.ndarray((1,), _U64, single).flags.aligned):
+        return [
+            v if v is not None and v.flags.aligned and e.dtype.name in _WRAPPABLE else None
+            for v, e in zip(views, entries, strict=True)
+        ]
+    if wrappable == len(rows):
+        return views
+    strided = {row: _as_strided(make, row, single) for row in rows}
+    sources: list[Any] = []
+    for v, e in zip(views, entries, strict=True):
+        call = strided[e.dtype]
+        if call is None:
+            sources.append(v if e.dtype.name in _WRAPPABLE else None)
+        elif e.nbytes and not e.stages:
+            shape = e.shape
+            n = len(shape)
+            strides = (shape[1], 1) if n == 2 else (1,) if n == 1 else make._contiguous(shape)  # type: ignore[union-attr]
+            sources.append((call, shape, strides, offsets[e.first_segment] // e.dtype.itemsize))
+        else:
+            sources.append(None)
+    return sources
+
+
+def _as_strided(make: Materializer | None, row: dtypes.DType, buf: Any) -> Any:
+    """``as_strided`` of a torch tensor of ``row`` over ``buf``, for a dtype numpy lacks; else None."""
+    if make is None or row.name in _NUMPY_NATIVE:
+        return None
+    tdtype = dtypes.torch_dtype(row)
+    count = buf.nbytes // row.itemsize
+    if tdtype is None or not count:
+        return None
+    import torch
+
+    base = torch.frombuffer(buf, dtype=tdtype, count=count)
+    return None if base.data_ptr() % row.itemsize else base.as_strided
+
+
+_U64 = np.dtype(np.uint64)
+"""The widest alignment numpy asks of a wrappable dtype."""
+
+
+def _from_numpy_copy(view: np.ndarray[Any, Any]) -> Any:
+    return _from_numpy_fn()(view.copy())
 
 
 def _frame_views(entries: list[wire.Entry], offsets: list[int], rope: Rope, framework: str | None) -> list[Any]:

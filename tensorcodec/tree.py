@@ -265,8 +265,7 @@ def _device_leaf(t: Any) -> Leaf | None:
 
 
 def _pack(obj: Any) -> bytes:
-    packed: bytes = msgpack.packb(obj, use_bin_type=True)
-    return packed
+    return wire.packb(obj)
 
 
 def flatten(
@@ -300,15 +299,32 @@ def _plain_walk_tables() -> tuple[Any, ...]:
         numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in _NUMPY_NATIVE}
         torch_rows: dict[Any, Any] = {}
         tensor_types: tuple[Any, ...] = ()
+        strided = None
         if torch is not None:
-            torch_rows = {t: row for t, row in dtypes._torch_table().items() if row.name in _NUMPY_NATIVE}
+            torch_rows = {
+                t: (row, row.itemsize, row.is_complex)
+                for t, row in dtypes._torch_table().items()
+                if row.name in _NUMPY_NATIVE
+            }
             tensor_types = (torch.Tensor, torch.nn.Parameter)
+            strided = torch.strided
         refs = (_REFS[NUMPY], _REFS[TORCH])
-        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY, *refs)
+        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY, *refs, strided)
     return _TABLES
 
 
 _TABLES: tuple[Any, ...] | None = None
+
+
+Route = tuple[list[Any], "list[Any] | None", "Callable[[Any], Any] | None"]
+"""How ``_fasttree`` answers references of one kind without calling back: (cache, sources, convert).
+
+A reference to entry i answers ``cache[i]`` where that is not None; else, where ``sources[i]`` is
+not None, ``fn(*args)`` for a call ``(fn, *args)``, ``convert(sources[i])`` or ``sources[i]``
+itself, kept in ``cache[i]``; else ``tensor(i, kind)``. A call that raises leaves the entry to
+``tensor``.
+"""
+_NO_ROUTES: tuple[Route | None, ...] = (None, None, None, None)
 
 
 def unflatten(
@@ -316,14 +332,25 @@ def unflatten(
     tensor: Callable[[int, int], Any],
     n_tensors: int,
     max_depth: int,
+    routes: tuple[Route | None, ...] = _NO_ROUTES,
 ) -> Any:
     """The tree from its msgpack bytes; ``tensor(index, kind)`` resolves references.
 
-    Raises DecodeError for anything malformed: unknown ext codes, duplicate or
-    non-str keys, bad indices, nesting beyond ``max_depth``, and table entries
-    that the tree never references.
+    ``routes`` (by kind, item 0 unused) lets the C decoder answer references from
+    tables made beforehand. Raises DecodeError for anything malformed: unknown
+    ext codes, duplicate or non-str keys, bad indices, nesting beyond
+    ``max_depth``, and table entries that the tree never references.
     """
     referenced = bytearray(n_tensors)
+    fast = wire.fast_tree()
+    if fast is not None:
+        done = fast.unpack_tree(data, max_depth, referenced, tensor, routes)
+        if done is not None:
+            missing = referenced.find(0)
+            if missing >= 0:
+                raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
+            return done[0]
+        referenced = bytearray(n_tensors)  # the C decoder left it (tuples, big ints, errors): decode it here
     from_bytes = int.from_bytes
 
     def pairs(items: list[tuple[Any, Any]]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import bisect
 import math
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,12 +25,17 @@ from . import dtypes
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
 
-try:  # the optional C loops (setup.py); without them the Python code below does the same
+try:  # the optional C loops (setup.py); without them the Python code here and in tree.py does the same
     from . import _fastwire
 except ImportError:  # pragma: no cover - built wherever a C compiler was at install
     _fastwire = None  # type: ignore[assignment]
+try:
+    from . import _fasttree
+except ImportError:  # pragma: no cover
+    _fasttree = None  # type: ignore[assignment]
 if os.environ.get("TENSORCODEC_NATIVE", "1") == "0":
     _fastwire = None  # type: ignore[assignment]
+    _fasttree = None  # type: ignore[assignment]
 
 __all__ = [
     "MAGIC",
@@ -158,8 +164,46 @@ def pack_header(entries: list[list[Any]], tree: bytes, checksum: str | None, che
     if checksum is not None:
         body["checksum"] = checksum
         body["checksums"] = checksums
-    header: bytes = msgpack.packb(body, use_bin_type=True)
-    return _PREAMBLE.pack(MAGIC, VERSION, 0, 0, len(header), zlib.crc32(header)) + header
+    packer = _take_packer()
+    packer.pack(body)
+    header = packer.getbuffer()
+    try:  # one copy of the header, after the preamble
+        out = b"".join((_PREAMBLE.pack(MAGIC, VERSION, 0, 0, len(header), zlib.crc32(header)), header))
+    finally:
+        header.release()
+    _keep_packer(packer, len(out))
+    return out
+
+
+def packb(obj: Any) -> bytes:
+    """``msgpack.packb(obj, use_bin_type=True)``, through this thread's packer."""
+    packer = _take_packer()
+    packer.pack(obj)
+    out: bytes = packer.bytes()
+    _keep_packer(packer, len(out))
+    return out
+
+
+_PACKERS = threading.local()
+_PACKER_KEEP = 1 << 20
+"""A thread keeps its packer while what it packs stays below this size."""
+
+
+def _take_packer() -> Any:
+    """This thread's packer, taken while in use (a nested call makes its own).
+
+    A packer allocates its 256 KiB buffer anew, and writing into fresh memory costs a page fault per
+    4 KiB: kept, the buffer stays warm. An exception leaves the packer unkept, so no half-packed
+    buffer is reused.
+    """
+    packer = _PACKERS.__dict__.pop("packer", None)
+    return packer if packer is not None else msgpack.Packer(use_bin_type=True, autoreset=False)
+
+
+def _keep_packer(packer: Any, size: int) -> None:
+    if size <= _PACKER_KEEP:
+        packer.reset()
+        _PACKERS.packer = packer
 
 
 class Rope:
@@ -170,6 +214,11 @@ class Rope:
     """
 
     def __init__(self, data: Any) -> None:
+        if type(data) is bytes:  # the common case: already read-only bytes of format "B"
+            self.parts = [memoryview(data)]
+            self.starts = [0]
+            self.total = len(data)
+            return
         parts = data if isinstance(data, (list, tuple)) else (data,)
         try:
             self.parts = [memoryview(p).cast("B").toreadonly() for p in parts]
@@ -302,6 +351,23 @@ def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
     return d
 
 
+def _fast_header(data: Any, max_array_len: int) -> Any:
+    """The header map read by the C tree decoder, or None to let msgpack read it (and word any error)."""
+    if _fasttree is None:
+        return None
+    done = _fasttree.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, _NO_ROUTES, max_array_len)
+    return None if done is None else done[0]
+
+
+_HEADER_DEPTH = 256
+"""Nesting the C decoder reads in a header (codec configs and parameters); msgpack reads deeper ones."""
+_NO_ROUTES = (None, None, None, None)
+
+
+def _no_reference(index: int, kind: int) -> Any:  # pragma: no cover - a header has no table to refer to
+    raise AssertionError("a header has no tensor references")
+
+
 def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool = True) -> Header:
     """Validates preamble, header and layout; verifies checksums if asked and present.
 
@@ -325,15 +391,18 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     computed = zlib.crc32(header_bytes)
     if computed != hcrc:
         raise ChecksumError("header", hcrc, computed)
+    # The longest legitimate arrays: checksums (one per segment) and shapes.
+    max_array_len = max(limits.max_tensors * max(limits.max_segments_per_tensor, 4), limits.max_ndim, 8)
+    body = _fast_header(header_bytes, max_array_len)
     try:
-        body = msgpack.unpackb(
-            header_bytes,
-            raw=False,
-            strict_map_key=True,
-            object_pairs_hook=_header_map,
-            # The longest legitimate arrays: checksums (one per segment) and shapes.
-            max_array_len=max(limits.max_tensors * max(limits.max_segments_per_tensor, 4), limits.max_ndim, 8),
-        )
+        if body is None:
+            body = msgpack.unpackb(
+                header_bytes,
+                raw=False,
+                strict_map_key=True,
+                object_pairs_hook=_header_map,
+                max_array_len=max_array_len,
+            )
     except DecodeError:
         raise
     except Exception as e:
@@ -419,6 +488,11 @@ _PADDING_LOOP_MAX = 256
 def fast_loops() -> Any:
     """The C loops (``tensorcodec._fastwire``), or None where they were not built or are switched off."""
     return _fastwire
+
+
+def fast_tree() -> Any:
+    """The C tree decoder (``tensorcodec._fasttree``), or None where it was not built or is switched off."""
+    return _fasttree
 
 
 FAST_COPY = _fastwire is not None

@@ -173,19 +173,21 @@ def join_message(header: dict[str, Any], segments: list[bytes]) -> bytes:
 
 FASTWIRE = wire._fastwire
 """tensorcodec._fastwire as imported (tests' wire_impl fixture switches wire._fastwire while it runs)."""
+FASTTREE = wire._fasttree
+"""tensorcodec._fasttree as imported (switched with FASTWIRE)."""
 
 
 def both_wire_paths(run: Any, errors: tuple[type[BaseException], ...]) -> list[Any]:
     """``run()`` with the C wire loops and again with the Python ones: its results, or the errors' text."""
-    before = wire._fastwire
+    before = wire._fastwire, wire._fasttree
     results: list[Any] = []
     try:
-        for impl in (FASTWIRE, None):
-            wire._fastwire = impl
+        for impl, tree_impl in ((FASTWIRE, FASTTREE), (None, None)):
+            wire._fastwire, wire._fasttree = impl, tree_impl
             try:
                 results.append(run())
             except errors as e:
                 results.append(f"{type(e).__name__}: {e}")
     finally:
-        wire._fastwire = before
+        wire._fastwire, wire._fasttree = before
     return results

@@ -45,14 +45,15 @@ def kernel_impl(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.fixture(scope="module", params=["c", "python"])
 def wire_impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a test with the C wire loops (tensorcodec._fastwire) and again with the Python ones."""
+    """Runs a test with the C wire loops (tensorcodec._fastwire, _fasttree) and again with the Python ones."""
     from tensorcodec import wire
 
-    built = wire._fastwire
-    if request.param == "c" and built is None:
-        pytest.skip("tensorcodec._fastwire is not built (no C compiler at install?)")
+    built, built_tree = wire._fastwire, wire._fasttree
+    if request.param == "c" and (built is None or built_tree is None):
+        pytest.skip("tensorcodec._fastwire / _fasttree is not built (no C compiler at install?)")
     wire._fastwire = built if request.param == "c" else None
+    wire._fasttree = built_tree if request.param == "c" else None
     try:
         yield str(request.param)
     finally:
-        wire._fastwire = built
+        wire._fastwire, wire._fasttree = built, built_tree

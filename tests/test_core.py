@@ -14,11 +14,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from _helpers import expected_as, header_of, leaves, slow, to_numpy
+from _helpers import both_wire_paths, expected_as, header_of, leaves, slow, to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 
 import tensorcodec as tc
+from tensorcodec import DecodeError
 from tensorcodec.testing import assert_bitwise_equal, assert_tree_equal, raw_bytes, strategies, wire_dtype
 
 CHECKSUMS = st.sampled_from([None, "xxh3_64", "crc32c"])
@@ -674,3 +675,62 @@ def test_the_core_works_without_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", _WITHOUT_TORCH], capture_output=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().strip() == "ok False"
+
+
+# -- the C tree decoder's tables agree with the Python callbacks -----------------------------------------------
+
+
+def _describe(value: Any, span: tuple[int, int]) -> Any:
+    """Type, dtype, shape, bytes, writability and whether it lies inside ``span`` (the message's memory)."""
+    if isinstance(value, dict):
+        return {k: _describe(v, span) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_describe(v, span) for v in value])
+    if isinstance(value, torch.Tensor):
+        flat = value.reshape(-1).view(torch.uint8) if value.numel() else value.new_empty(0).view(torch.uint8)
+        inside = value.numel() > 0 and span[0] <= value.data_ptr() < span[1]
+        return ("torch", str(value.dtype), tuple(value.shape), flat.numpy().tobytes(), inside)
+    if isinstance(value, np.ndarray):
+        inside = value.size > 0 and span[0] <= value.ctypes.data < span[1]
+        return ("numpy", str(value.dtype), value.shape, value.tobytes(), value.flags.writeable, inside)
+    if isinstance(value, np.generic):
+        return ("scalar", str(value.dtype), value.tobytes())
+    return (type(value).__name__, repr(value))
+
+
+@pytest.mark.parametrize("framework", [None, "numpy", "torch"])
+@pytest.mark.parametrize("copy", [True, False])
+@pytest.mark.parametrize("buffer", ["bytes", "shifted", "frames"])
+def test_decode_answers_alike_through_c_tables_and_python_callbacks(
+    framework: str | None, copy: bool, buffer: str
+) -> None:
+    w = torch.randn(3, 4)
+    tree = {
+        "f32": w,
+        "tied": w,
+        "bf16": torch.randn(2, 5).to(torch.bfloat16),
+        "fp8": torch.randn(7).to(torch.float8_e4m3fn),
+        "c64": torch.randn(3, dtype=torch.complex64),
+        "i64": torch.arange(5),
+        "b": torch.tensor([True, False]),
+        "0d": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+        "np": [np.arange(6, dtype=np.int16).reshape(2, 3), np.ones(3, ml_dtypes.bfloat16), np.float32(1.5)],
+        "coded": torch.randn(64, 64),
+    }
+    message = tc.encode(tree, policy={"coded": "nf4"})
+    data: Any = message
+    if buffer == "shifted":
+        data = memoryview(bytearray(3) + message)[3:]
+    elif buffer == "frames":
+        data = [message[:200], message[200:]]
+    start = int(np.frombuffer(data if buffer != "frames" else data[1], np.uint8).ctypes.data)
+    span = (start - 200 if buffer == "frames" else start, start + len(message))
+
+    def run() -> Any:
+        back = tc.decode(data, copy=copy, framework=framework)  # type: ignore[arg-type]
+        assert back["f32"] is back["tied"]
+        return _describe(back, span)
+
+    fast, python = both_wire_paths(run, (DecodeError,))
+    assert fast == python

@@ -144,6 +144,21 @@ def test_zmq_multipart_message_round_trip(zmq_pair: tuple[Any, Any], copy: bool)
     assert_tree_equal(tc.decode(tc.encode({"ack": 1, "q": sent["layers"][0]["w"]}, precision="bf16")), tzmq.recv(a))
 
 
+def test_zmq_sends_the_buffers_of_plain_torch_trees(zmq_pair: tuple[Any, Any]) -> None:
+    """A tree the C walk takes whole: torch tensors travel as the walk's buffers of their memory."""
+    from tensorcodec.transports import zmq as tzmq
+
+    a, b = zmq_pair
+    gen = torch.Generator().manual_seed(1)
+    sent = {"big": torch.randn(256, 1024, generator=gen), "small": torch.arange(10), "grad": torch.ones(3) * 2}
+    sent["grad"].requires_grad_(True)
+    kinds = {type(f).__name__ for f in tc.encode_frames(sent)}
+    assert "TensorBytes" in kinds or tc.wire.fast_loops() is None
+    tzmq.send(a, sent, checksum="crc32c")
+    got = tzmq.recv(b, copy=False)
+    assert_tree_equal({k: v.detach() for k, v in sent.items()}, got)
+
+
 def test_zmq_stream_over_push_pull_with_a_low_high_water_mark() -> None:
     zmq = pytest.importorskip("zmq")
     from tensorcodec.transports import zmq as tzmq

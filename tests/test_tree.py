@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import gc
+import struct
 import subprocess
 import sys
+import weakref
 from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
 import torch
-from _helpers import FASTWIRE, both_wire_paths, pack
+from _helpers import FASTTREE, FASTWIRE, both_wire_paths, pack, ref
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tensorcodec import DecodeError, encode
+from tensorcodec import DecodeError, encode, wire
 from tensorcodec.testing import strategies
-from tensorcodec.tree import EXT_BIGINT, EXT_BYTEARRAY, EXT_TUPLE, flatten, format_path, unflatten
+from tensorcodec.tree import (
+    _NO_ROUTES,
+    EXT_BIGINT,
+    EXT_BYTEARRAY,
+    EXT_TUPLE,
+    _plain_walk_tables,
+    flatten,
+    format_path,
+    unflatten,
+)
 
 
 def tree_of(obj: Any) -> Any:
@@ -110,7 +122,7 @@ def test_unflatten_builds_tuples_inside_out() -> None:
     assert type(unflat(data)[0][1][1]) is tuple
 
 
-def test_unflatten_resolves_references_with_their_kind() -> None:
+def test_unflatten_resolves_references_with_their_kind(wire_impl: str) -> None:
     data = pack([msgpack.ExtType(1, b"\x00"), msgpack.ExtType(2, b"\x01\x00"), msgpack.ExtType(3, b"\x02\x00\x00\x00")])
     assert unflat(data, 3) == [("tensor", 0, 1), ("tensor", 1, 2), ("tensor", 2, 3)]
 
@@ -136,7 +148,7 @@ def test_unflatten_resolves_references_with_their_kind() -> None:
     ],
     ids=repr,
 )
-def test_unflatten_rejects_bad_ext_values(tree: Any, message: str) -> None:
+def test_unflatten_rejects_bad_ext_values(tree: Any, message: str, wire_impl: str) -> None:
     with pytest.raises(DecodeError, match=message):
         unflat(pack([tree, msgpack.ExtType(1, b"\x00")]), 1)
 
@@ -161,12 +173,12 @@ def test_unflatten_rejects_bad_ext_values(tree: Any, message: str) -> None:
     ],
     ids=lambda x: x.hex() if isinstance(x, bytes) else x,
 )
-def test_unflatten_rejects_malformed_trees(data: bytes, message: str) -> None:
+def test_unflatten_rejects_malformed_trees(data: bytes, message: str, wire_impl: str) -> None:
     with pytest.raises(DecodeError, match=message):
         unflat(data)
 
 
-def test_unflatten_requires_every_entry_referenced() -> None:
+def test_unflatten_requires_every_entry_referenced(wire_impl: str) -> None:
     with pytest.raises(DecodeError, match="tensor 1 is in the table but the tree never references it"):
         unflat(pack([msgpack.ExtType(1, b"\x00"), msgpack.ExtType(1, b"\x02")]), 3)
     assert unflat(pack([msgpack.ExtType(1, b"\x00")] * 3), 1) == [("tensor", 0, 1)] * 3
@@ -185,7 +197,7 @@ def _nested(depth: int, container: str) -> bytes:
 
 
 @pytest.mark.parametrize("container", ["list", "dict", "tuple"])
-def test_depth_limit_is_exact(container: str) -> None:
+def test_depth_limit_is_exact(container: str, wire_impl: str) -> None:
     assert unflat(_nested(64, container)) is not None
     with pytest.raises(DecodeError, match="nesting deeper than max_depth=64"):
         unflat(_nested(65, container))
@@ -261,15 +273,17 @@ def _flatten_both_ways(obj: Any, max_depth: int = 64) -> list[Any]:
 
     def run() -> Any:
         tree_bytes, leaves, _ = flatten(obj, max_depth)
-        return tree_bytes, [(lf.kind, lf.dtype, lf.shape, lf.data.tobytes(), lf.encoded) for lf in leaves]
+        return tree_bytes, [(lf.kind, lf.dtype, lf.shape, bytes(memoryview(lf.data)), lf.encoded) for lf in leaves]
 
     return both_wire_paths(run, (TypeError, ValueError))
 
 
 def _odd_tensors() -> st.SearchStrategy[Any]:
-    """Leaves that the C walk must hand back to Python: views, strided, tied, grad, big ints, subclasses."""
+    """Leaves that the C walk must hand back to Python (views, strided, tied, conj/neg bits, big ints, subclasses),
+    and the odd ones it reads itself (grad, Parameter, 0-d, empty, offset slices)."""
     base = np.arange(12, dtype=np.float32).reshape(3, 4)
     t = torch.arange(6.0).reshape(2, 3)
+    c = torch.tensor([1 + 2j, 3 - 4j], dtype=torch.complex64)
     return st.sampled_from(
         [
             base,
@@ -279,9 +293,20 @@ def _odd_tensors() -> st.SearchStrategy[Any]:
             np.ma.masked_array([1, 2]),
             t,
             t.T,
+            t[1:],
+            t[:, 1:],
             t.requires_grad_(False).clone().requires_grad_(True),
+            torch.nn.Parameter(torch.arange(3.0)),
+            torch.nn.Parameter(torch.arange(3), requires_grad=False),
+            c,
+            c.conj(),
+            torch._neg_view(torch.arange(3.0)),
+            torch.tensor(2.5),
+            torch.tensor(True),
             torch.ones(2, dtype=torch.bfloat16),
             torch.zeros(0),
+            torch.zeros(2, 0, dtype=torch.int16),
+            torch.arange(10.0).reshape(5, 2)[::2],
             2**64,
             -(2**63) - 1,
             2**64 - 1,
@@ -320,3 +345,220 @@ def test_c_walk_shares_nothing_it_should_not() -> None:
     assert _flatten_both_ways({"t": t, "tied": t[:]})[0] == _flatten_both_ways({"t": t, "tied": t[:]})[1]
     fast, python = _flatten_both_ways(obj)
     assert fast == python and "not a str" in fast
+
+
+def _c_leaf(t: torch.Tensor) -> Any:
+    """The data of the leaf that the C walk makes of ``t``, or None where it hands the tree back to tree.py."""
+    assert FASTWIRE is not None
+    done = FASTWIRE.plain_walk({"t": t}, 64, *_plain_walk_tables())
+    return None if done is None else done[1][0].data
+
+
+@pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
+@pytest.mark.parametrize(
+    "t",
+    [
+        torch.arange(12.0).reshape(3, 4),
+        torch.arange(12.0).reshape(3, 4)[1:],
+        torch.tensor(-1.5, dtype=torch.float64),
+        torch.arange(5, dtype=torch.int16),
+        torch.nn.Parameter(torch.ones(2, 2)),
+        torch.tensor([1 + 1j], dtype=torch.complex128),
+    ],
+    ids=repr,
+)
+def test_c_walk_exports_a_tensors_bytes_read_only(t: torch.Tensor) -> None:
+    data = _c_leaf(t)
+    assert type(data).__name__ == "TensorBytes"
+    expected = t.detach().numpy().tobytes()
+    view = memoryview(data)
+    assert (view.format, view.ndim, view.shape, view.readonly) == ("B", 1, (len(expected),), True)
+    assert data.nbytes == len(expected) and bytes(data) == expected and view.tobytes() == expected
+    assert np.frombuffer(data, np.uint8).ctypes.data == t.data_ptr()  # the tensor's own memory, no copy
+    with pytest.raises(TypeError):
+        view[0] = 1
+    for name, fn in wire.CHECKSUMS.items():
+        assert fn(data) == fn(expected), name
+    with pytest.raises(TypeError):
+        type(data)()
+
+
+@pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
+def test_c_walk_leaf_keeps_its_tensor_alive() -> None:
+    t = torch.arange(1000.0)
+    data = _c_leaf(t)
+    alive = weakref.ref(t)
+    del t
+    gc.collect()
+    assert alive() is not None
+    assert np.frombuffer(data, np.float32)[999] == 999.0
+    del data
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.skipif(FASTWIRE is None, reason="tensorcodec._fastwire is not built")
+def test_c_walk_reads_grad_tensors_and_leaves_bits_and_layouts_to_python() -> None:
+    assert type(_c_leaf(torch.arange(4.0, requires_grad=True))).__name__ == "TensorBytes"
+    assert type(_c_leaf(torch.nn.Parameter(torch.ones(3)))).__name__ == "TensorBytes"
+    c = torch.tensor([1 + 2j], dtype=torch.complex64)
+    for odd in (c.conj(), torch._neg_view(torch.ones(2)), torch.ones(4)[::2], torch.ones(2, 2).T):
+        fast, python = _flatten_both_ways({"x": odd})
+        assert fast == python
+        assert _c_leaf(odd) is None
+    for empty in (torch.zeros(0), torch.zeros(3, 0)):
+        assert _c_leaf(empty).nbytes == 0
+    assert _c_leaf(torch.empty(2, device="meta")) is None
+    assert _c_leaf(torch.eye(2).to_sparse()) is None
+
+
+# -- the C tree decoder (tensorcodec._fasttree) --------------------------------------------------------------------
+
+_needs_fasttree = pytest.mark.skipif(FASTTREE is None, reason="tensorcodec._fasttree is not built")
+
+
+def _strict(value: Any) -> Any:
+    """A value with its types spelled out, so that 1, 1.0 and True, or a list and a tuple, compare unequal."""
+    if isinstance(value, dict):
+        return ("dict", [(_strict(k), _strict(v)) for k, v in value.items()])
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [_strict(v) for v in value])
+    if isinstance(value, float):
+        return ("float", struct.pack("<d", value))
+    return (type(value).__name__, value)
+
+
+def _python_unflat(data: bytes, n_tensors: int, max_depth: int) -> Any:
+    before = wire._fasttree
+    wire._fasttree = None
+    try:
+        return unflat(data, n_tensors, max_depth)
+    except DecodeError as e:
+        return f"DecodeError: {e}"
+    finally:
+        wire._fasttree = before
+
+
+def _c_agrees(data: bytes, n_tensors: int = 3, max_depth: int = 64) -> bool:
+    """The C decoder either leaves the tree to tree.py (None) or gives exactly tree.py's answer; True if it decoded."""
+    assert FASTTREE is not None
+    referenced = bytearray(n_tensors)
+    done = FASTTREE.unpack_tree(data, max_depth, referenced, lambda i, k: ("tensor", i, k), _NO_ROUTES)
+    if done is None:
+        return False
+    python = _python_unflat(data, n_tensors, max_depth)
+    if referenced.find(0) >= 0:  # tree.py then refuses the tree for the unreferenced entry
+        assert isinstance(python, str) and "never references" in python
+    else:
+        assert _strict(done[0]) == _strict(python)
+    return True
+
+
+_msgpack_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=5),
+        st.binary(max_size=5),
+        st.builds(msgpack.ExtType, st.integers(0, 8), st.binary(max_size=5)),
+        st.builds(msgpack.Timestamp, st.integers(0, 2**33)),
+        st.builds(lambda kind, i: msgpack.ExtType(kind, i.to_bytes(4, "little")), st.integers(1, 3), st.integers(0, 3)),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.one_of(st.text(max_size=3), st.integers(0, 3), st.binary(max_size=2)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@_needs_fasttree
+@given(_msgpack_values, st.integers(0, 4))
+def test_c_tree_decoder_agrees_with_python(value: Any, max_depth: int) -> None:
+    _c_agrees(msgpack.packb(value, use_bin_type=True), 3, max_depth)
+
+
+@_needs_fasttree
+@given(strategies.trees(), st.data())
+def test_c_tree_decoder_agrees_on_mutated_trees(obj: Any, data: st.DataObject) -> None:
+    packed = bytearray(flatten(obj, 64)[0])
+    for _ in range(data.draw(st.integers(1, 3))):
+        action = data.draw(st.sampled_from(["flip", "truncate", "insert"]))
+        at = data.draw(st.integers(0, max(0, len(packed) - 1)))
+        if action == "flip" and packed:
+            packed[at] ^= data.draw(st.integers(1, 255))
+        elif action == "truncate":
+            del packed[at:]
+        else:
+            packed[at:at] = data.draw(st.binary(min_size=1, max_size=4))
+    _c_agrees(bytes(packed), 40)
+
+
+@_needs_fasttree
+def test_c_tree_decoder_takes_the_common_subset_and_leaves_the_rest() -> None:
+    common = {"a": [1, -1, 2**64 - 1, -(2**63), 0.5, "é", b"\x00", None, True], "r": ref(0), "s": ref(1, 2)}
+    assert _c_agrees(pack(common), 2)
+    assert _c_agrees(msgpack.packb([1.5, -0.0, float("inf"), 1e-40], use_single_float=True), 0)
+    for other in [(1, 2), 2**64, bytearray(b"x"), {"k": {"k": {"k": 1}}}]:  # tuples, big ints, bytearray, depth
+        assert not _c_agrees(flatten(other, 64)[0], 0, max_depth=2)
+    malformed = [b"\x82\xa1a\x01\xa1a\x02", b"\x81\x01\x02", b"\x92\x01", b"\x01\x02", b"", b"\xc1", b"\xa2\xff\xfe"]
+    for data in malformed:  # duplicate and non-str keys, truncation, trailing bytes, reserved byte, bad UTF-8
+        assert not _c_agrees(data)
+
+
+@_needs_fasttree
+@pytest.mark.parametrize("head", [b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\xdb\xff\xff\xff\xff"])
+def test_c_tree_decoder_allocates_nothing_for_hostile_counts(head: bytes) -> None:
+    """A 4-billion-item array, map or string in a few bytes is refused before anything is allocated."""
+    assert not _c_agrees(head + b"\x01" * 10)
+
+
+@_needs_fasttree
+def test_c_tree_decoder_leaves_deep_nesting_to_python() -> None:
+    deep = b"\x91" * 100_000 + b"\x01"
+    assert not _c_agrees(deep, 0, max_depth=10**6)  # past the recursion limit: no crash, tree.py's answer
+    with pytest.raises(DecodeError, match="tree: "):
+        unflat(deep, 0, max_depth=10**6)
+
+
+@_needs_fasttree
+def test_routes_answer_from_tables_and_call_back_for_the_rest() -> None:
+    calls: list[tuple[int, int]] = []
+
+    def resolve(index: int, kind: int) -> Any:
+        calls.append((index, kind))
+        return ("resolved", index, kind)
+
+    def convert(source: Any) -> Any:
+        if source == "bad":
+            raise ValueError("cannot")
+        return ["converted", source]
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("no")
+
+    numpy_route = (["ready", None, None, None, None], None, None)
+    torch_route = ([None] * 5, ["a", (tuple, "bc"), None, "bad", (broken, 1)], convert)
+    data = pack([ref(0), ref(1), ref(0, 2), ref(1, 2), ref(1, 2), ref(2, 2), ref(3, 2), ref(4, 2), ref(2, 3)])
+    referenced = bytearray(5)
+    assert FASTTREE is not None
+    done = FASTTREE.unpack_tree(data, 64, referenced, resolve, (None, numpy_route, torch_route, None))
+    assert done is not None
+    first, second = ["converted", "a"], ("b", "c")  # convert(source); a call (fn, *args)
+    r = ("resolved",)
+    assert done[0] == ["ready", (*r, 1, 1), first, second, second, (*r, 2, 2), (*r, 3, 2), (*r, 4, 2), (*r, 2, 3)]
+    assert done[0][3] is done[0][4]  # made once, then taken from the cache
+    assert torch_route[0] == [first, second, None, None, None]
+    assert calls == [(1, 1), (2, 2), (3, 2), (4, 2), (2, 3)] and referenced == bytearray(b"\x01" * 5)
+
+
+@_needs_fasttree
+def test_an_error_from_resolve_propagates() -> None:
+    def resolve(index: int, kind: int) -> Any:
+        raise DecodeError(f"tensor {index}: broken")
+
+    assert FASTTREE is not None
+    with pytest.raises(DecodeError, match="tensor 0: broken"):
+        FASTTREE.unpack_tree(pack({"a": [ref(0)]}), 64, bytearray(1), resolve, _NO_ROUTES)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import tensorcodec as tc
 from tensorcodec import wire
 from tensorcodec.testing import assert_tree_equal, strategies
+from tensorcodec.tree import _plain_walk_tables
 
 SMALL = {"a": np.arange(5, dtype=np.int16), "b": [np.float32(1.5), (np.zeros(0),)], "c": torch.ones(3)}
 
@@ -649,23 +650,72 @@ def test_c_loops_refuse_bad_arguments_without_crashing() -> None:
         fw.join_into(np.zeros(8, np.uint8), [np.arange(8, dtype=np.uint8)[::2]])
 
 
-@given(
-    frames=st.lists(
-        st.one_of(
-            st.binary(max_size=70),
-            st.binary(max_size=70).map(memoryview),
-            st.binary(max_size=70).map(bytearray),
-            strategies.arrays(max_dims=3, max_side=5, max_size=40).filter(
-                lambda a: a.flags.c_contiguous and a.dtype.kind != "V"
-            ),
+def _tensor_bytes(data: bytes) -> Any:
+    """``data`` as the C walk exports a tensor's bytes (a TensorBytes; an empty array when empty)."""
+    t = torch.tensor(list(data), dtype=torch.uint8)
+    if FASTWIRE is None:
+        return t.numpy()
+    done = FASTWIRE.plain_walk({"t": t}, 64, *_plain_walk_tables())
+    assert done is not None
+    return done[1][0].data
+
+
+_FRAMES = st.lists(
+    st.one_of(
+        st.binary(max_size=70),
+        st.binary(max_size=70).map(memoryview),
+        st.binary(max_size=70).map(bytearray),
+        st.binary(max_size=70).map(_tensor_bytes),
+        strategies.arrays(max_dims=3, max_side=5, max_size=40).filter(
+            lambda a: a.flags.c_contiguous and a.dtype.kind != "V"
         ),
-        max_size=8,
     ),
-    slack=st.integers(0, 16),
+    max_size=8,
 )
+
+
+@given(frames=_FRAMES, slack=st.integers(0, 16))
 def test_copy_frames_is_a_join(frames: list[Any], slack: int, wire_impl: str) -> None:
     expected = b"".join(frames)
     dst = np.full(len(expected) + slack, 0xAB, dtype=np.uint8)
     wire.copy_frames(frames, dst)
     assert dst[: len(expected)].tobytes() == expected
     assert (dst[len(expected) :] == 0xAB).all()
+
+
+@needs_fastwire
+@given(frames=_FRAMES)
+def test_join_bytes_is_a_join_that_empties_its_list(frames: list[Any]) -> None:
+    assert FASTWIRE is not None
+    expected = b"".join(frames)
+    for wrong in (len(expected) + 1, len(expected) - 1):
+        if wrong >= 0:
+            with pytest.raises(ValueError):
+                FASTWIRE.join_bytes(list(frames), wrong)
+    given_list = list(frames)
+    assert FASTWIRE.join_bytes(given_list, len(expected)) == expected
+    assert given_list == [None] * len(frames)
+
+
+@needs_fastwire
+@pytest.mark.parametrize("size", [(2 << 20) - 1, 2 << 20, (2 << 20) + 1, (4 << 20) - 57, (5 << 20) + 3, 9_000_000])
+def test_join_bytes_of_huge_page_sizes(size: int) -> None:
+    assert FASTWIRE is not None
+    rng = np.random.default_rng(size)
+    cuts = sorted(rng.integers(0, size, 600).tolist())
+    data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+    frames: list[Any] = [data[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True)]
+    frames[1::3] = [_tensor_bytes(f) if len(f) < 64 else memoryview(f) for f in frames[1::3]]
+    out = FASTWIRE.join_bytes(frames, size)
+    assert type(out) is bytes and len(out) == size and out == data and hash(out) == hash(data)
+
+
+@needs_fastwire
+def test_join_into_batches_and_says_what_the_frames_need() -> None:
+    assert FASTWIRE is not None
+    frames = [bytes([i % 251]) * (i % 7) for i in range(2000)] + [bytes(300_000)] * 3
+    expected = b"".join(frames)
+    dst = np.zeros(len(expected), np.uint8)
+    assert FASTWIRE.join_into(dst, frames) == len(expected) and dst.tobytes() == expected
+    with pytest.raises(ValueError, match=f"too small: the frames need {len(expected)}"):
+        FASTWIRE.join_into(np.zeros(len(expected) - 1, np.uint8), frames)
