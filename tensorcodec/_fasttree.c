@@ -23,6 +23,8 @@ typedef struct {
     PyObject *cache;   /* list of n objects or None: an item that is not None is the answer */
     PyObject *sources; /* list of n items or NULL: None, a call (fn, *args), or what `convert` takes */
     PyObject *convert; /* callable or NULL (a source that is not a call is the answer) */
+    PyObject *make;    /* callable giving `sources` when first needed, or NULL */
+    PyObject *made;    /* the list `make` gave (owned), or NULL */
 } Route;
 
 typedef struct {
@@ -71,6 +73,23 @@ static int enter(Reader *r)
     return -1;
 }
 
+/* Calls the route's `make` once for its sources: a list of n items, or None for none. */
+static int sources_made(Route *route, Py_ssize_t n)
+{
+    PyObject *made = PyObject_CallNoArgs(route->make);
+    route->make = NULL;
+    if (!made)
+        return -1;
+    if (made != Py_None && (!PyList_CheckExact(made) || PyList_GET_SIZE(made) != n)) {
+        Py_DECREF(made);
+        PyErr_SetString(PyExc_ValueError, "a route's sources must be a list of one item per tensor");
+        return -1;
+    }
+    route->made = made;
+    route->sources = made == Py_None ? NULL : made;
+    return 0;
+}
+
 static PyObject *tensor_ref(Reader *r, int code, const unsigned char *payload, uint64_t size)
 {
     if (size != 1 && size != 2 && size != 4) {
@@ -93,6 +112,8 @@ static PyObject *tensor_ref(Reader *r, int code, const unsigned char *payload, u
             Py_INCREF(done);
             return done;
         }
+        if (route->make && sources_made(route, r->n_tensors) < 0)
+            return NULL;
         PyObject *source = route->sources ? PyList_GET_ITEM(route->sources, i) : Py_None, *out;
         if (source != Py_None) {
             Py_INCREF(source); /* the call runs Python code */
@@ -304,13 +325,17 @@ static int parse_route(PyObject *spec, Py_ssize_t n, Route *route)
     PyObject *cache, *sources, *convert;
     if (!PyArg_ParseTuple(spec, "O!OO;a route is (cache, sources, convert)", &PyList_Type, &cache, &sources, &convert))
         return -1;
-    if (PyList_GET_SIZE(cache) != n || (sources != Py_None && (!PyList_CheckExact(sources) || PyList_GET_SIZE(sources) != n)) ||
-        (convert != Py_None && !PyCallable_Check(convert))) {
-        PyErr_SetString(PyExc_ValueError, "route lists must have one item per tensor; convert must be callable");
+    int listed = PyList_CheckExact(sources);
+    if (PyList_GET_SIZE(cache) != n || (listed && PyList_GET_SIZE(sources) != n) ||
+        (sources != Py_None && !listed && !PyCallable_Check(sources)) || (convert != Py_None && !PyCallable_Check(convert))) {
+        PyErr_SetString(PyExc_ValueError,
+                        "a route's lists must have one item per tensor; sources (or what makes them) and convert may "
+                        "be callables");
         return -1;
     }
     route->cache = cache;
-    route->sources = sources == Py_None ? NULL : sources;
+    route->sources = listed ? sources : NULL;
+    route->make = sources != Py_None && !listed ? sources : NULL;
     route->convert = convert == Py_None ? NULL : convert;
     return 0;
 }
@@ -320,7 +345,8 @@ static int parse_route(PyObject *spec, Py_ssize_t n, Route *route)
  * data: the tree's msgpack bytes (or any msgpack in the subset: wire.py reads the header with it
  * too). max_array_len: longer arrays are left to the caller, like msgpack's option of that name. referenced: a bytearray of one byte per table entry; each
  * index met is set to 1. routes: a 4-tuple by ext code (item 0 unused), each None or
- * (cache, sources, convert): a reference to entry i answers cache[i] if it is not None; else, where
+ * (cache, sources, convert), where sources may also be a callable that gives them (a list or None)
+ * when first needed: a reference to entry i answers cache[i] if it is not None; else, where
  * sources[i] is not None, fn(*args) if it is a call (fn, *args), convert(sources[i]) if there is a
  * convert, sources[i] itself if not, and keeps that in cache[i]; else resolve(i, code). An exception
  * from resolve propagates; one from a source's call leaves the entry to resolve. */
@@ -359,6 +385,8 @@ static PyObject *unpack_tree(PyObject *self, PyObject *args)
 done:
     PyBuffer_Release(&data);
     PyBuffer_Release(&referenced);
+    for (int code = 1; code <= 3; code++)
+        Py_XDECREF(r.routes[code].made);
     return result;
 }
 

@@ -19,6 +19,7 @@ from .arrays import (
     TORCH,
     Leaf,
     Materializer,
+    _contiguous_strides,
     _from_numpy,
     _from_numpy_fn,
     leaf_from_numpy,
@@ -411,26 +412,24 @@ def _routes(
     """
     n = len(entries)
     copy = make.copy
-    rows = {e.dtype for e in entries}
+    # The tables of a kind are laid out only when the tree first refers to a tensor of that kind.
     by_kind: dict[int, Route] = {
         NUMPY: ([None] * n, views, np.ndarray.copy)
         if copy
-        else (views, _lazy_views(views, entries, offsets, single, rows), None)
+        else (views, lambda: _lazy_views(views, entries, offsets, single), None)
     }
     if wrap:
         # torch is imported only when a tensor asks for it: until then, a wrapper that imports it.
         imported = sys.modules.get("torch") is not None
-        sources = _torch_sources(views, entries, offsets, single, rows, make if imported and not copy else None)
         convert = _from_numpy_copy if copy else _from_numpy_fn() if imported else _from_numpy
-        by_kind[TORCH] = ([None] * n, sources, convert)
+        strided = make if imported and not copy else None
+        by_kind[TORCH] = ([None] * n, lambda: _torch_sources(views, entries, offsets, single, strided), convert)
     return (None, *(by_kind.get(kinds[code]) for code in (NUMPY, TORCH, SCALAR)))
 
 
-def _lazy_views(
-    views: list[Any], entries: list[wire.Entry], offsets: list[int], single: Any, rows: set[dtypes.DType]
-) -> list[Any] | None:
+def _lazy_views(views: list[Any], entries: list[wire.Entry], offsets: list[int], single: Any) -> list[Any] | None:
     """Calls making the numpy views the sweep left out (dtypes numpy lacks), or None where there are none."""
-    if single is None or all(row.name in _NUMPY_NATIVE for row in rows):
+    if single is None or all(e.dtype.name in _NUMPY_NATIVE for e in entries):
         return None
     ndarray = np.ndarray
     return [
@@ -442,15 +441,11 @@ def _lazy_views(
 
 
 def _torch_sources(
-    views: list[Any],
-    entries: list[wire.Entry],
-    offsets: list[int],
-    single: Any,
-    rows: set[dtypes.DType],
-    make: Materializer | None,
+    views: list[Any], entries: list[wire.Entry], offsets: list[int], single: Any, make: Materializer | None
 ) -> list[Any]:
     """What each torch answer is made from: a view for ``torch.from_numpy``, a call ``(base.as_strided, shape,
     strides, offset)`` for the dtypes numpy lacks (with ``make``), or None (``tensor`` decides)."""
+    rows = {e.dtype for e in entries}
     wrappable = sum(row.name in _WRAPPABLE for row in rows)
     # A buffer aligned for the widest dtype aligns every view (segments sit at multiples of ALIGN);
     # frames, or an odd buffer, have each view asked.
@@ -462,19 +457,15 @@ def _torch_sources(
     if wrappable == len(rows):
         return views
     strided = {row: _as_strided(make, row, single) for row in rows}
-    sources: list[Any] = []
-    for v, e in zip(views, entries, strict=True):
-        call = strided[e.dtype]
-        if call is None:
-            sources.append(v if e.dtype.name in _WRAPPABLE else None)
-        elif e.nbytes and not e.stages:
-            shape = e.shape
-            n = len(shape)
-            strides = (shape[1], 1) if n == 2 else (1,) if n == 1 else make._contiguous(shape)  # type: ignore[union-attr]
-            sources.append((call, shape, strides, offsets[e.first_segment] // e.dtype.itemsize))
-        else:
-            sources.append(None)
-    return sources
+    contiguous = make._contiguous if make is not None else _contiguous_strides
+    return [
+        (call, e.shape, contiguous(e.shape), offsets[e.first_segment] // e.dtype.itemsize)
+        if (call := strided[e.dtype]) is not None and e.nbytes and not e.stages
+        else v
+        if call is None and e.dtype.name in _WRAPPABLE
+        else None
+        for v, e in zip(views, entries, strict=True)
+    ]
 
 
 def _as_strided(make: Materializer | None, row: dtypes.DType, buf: Any) -> Any:

@@ -316,13 +316,13 @@ def _plain_walk_tables() -> tuple[Any, ...]:
 _TABLES: tuple[Any, ...] | None = None
 
 
-Route = tuple[list[Any], "list[Any] | None", "Callable[[Any], Any] | None"]
+Route = tuple[list[Any], "list[Any] | Callable[[], list[Any] | None] | None", "Callable[[Any], Any] | None"]
 """How ``_fasttree`` answers references of one kind without calling back: (cache, sources, convert).
 
 A reference to entry i answers ``cache[i]`` where that is not None; else, where ``sources[i]`` is
 not None, ``fn(*args)`` for a call ``(fn, *args)``, ``convert(sources[i])`` or ``sources[i]``
 itself, kept in ``cache[i]``; else ``tensor(i, kind)``. A call that raises leaves the entry to
-``tensor``.
+``tensor``. ``sources`` may be a function that makes them, called at the first reference that needs them.
 """
 _NO_ROUTES: tuple[Route | None, ...] = (None, None, None, None)
 

@@ -562,3 +562,30 @@ def test_an_error_from_resolve_propagates() -> None:
     assert FASTTREE is not None
     with pytest.raises(DecodeError, match="tensor 0: broken"):
         FASTTREE.unpack_tree(pack({"a": [ref(0)]}), 64, bytearray(1), resolve, _NO_ROUTES)
+
+
+@_needs_fasttree
+def test_route_sources_are_made_once_when_first_needed() -> None:
+    made: list[str] = []
+
+    def numpy_sources() -> list[Any]:
+        made.append("numpy")
+        return ["a", None]
+
+    def torch_sources() -> list[Any] | None:
+        made.append("torch")
+        return None
+
+    def resolve(index: int, kind: int) -> Any:
+        return ("resolved", index, kind)
+
+    routes = (None, ([None, None], numpy_sources, None), ([None, None], torch_sources, None), None)
+    assert FASTTREE is not None
+    done = FASTTREE.unpack_tree(pack([ref(0), ref(1), ref(0)]), 64, bytearray(2), resolve, routes)
+    assert done == (["a", ("resolved", 1, 1), "a"],) and made == ["numpy"]  # torch's tables were never needed
+    done = FASTTREE.unpack_tree(pack([ref(0, 2), ref(1, 2)]), 64, bytearray(2), resolve, routes)
+    assert done == ([("resolved", 0, 2), ("resolved", 1, 2)],) and made == ["numpy", "torch"]
+    with pytest.raises(ValueError, match="one item per tensor"):
+        FASTTREE.unpack_tree(
+            pack([ref(0)]), 64, bytearray(1), resolve, (None, ([None], lambda: [1, 2], None), None, None)
+        )
