@@ -390,8 +390,98 @@ done:
     return result;
 }
 
+/* C-order strides of a shape tuple, in elements; NULL with an exception for a shape that is not one. */
+static PyObject *contiguous_strides(PyObject *shape)
+{
+    Py_ssize_t ndim = PyTuple_GET_SIZE(shape), k, step = 1;
+    PyObject *strides = PyTuple_New(ndim);
+    for (k = ndim - 1; strides && k >= 0; k--) {
+        Py_ssize_t d = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, k));
+        PyObject *stride = d < 0 ? NULL : PyLong_FromSsize_t(step);
+        if (!stride) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "negative dimension");
+            Py_CLEAR(strides);
+            break;
+        }
+        PyTuple_SET_ITEM(strides, k, stride);
+        if (d && step > PY_SSIZE_T_MAX / d) {
+            PyErr_SetString(PyExc_OverflowError, "shape too large");
+            Py_CLEAR(strides);
+            break;
+        }
+        step *= d;
+    }
+    return strides;
+}
+
+/* strided_sources(views, entries, offsets, plan) -> sources
+ *
+ * core._torch_sources' loop: for each wire.Entry (dtype, shape, nbytes, stages, segments,
+ * first_segment), plan[dtype] says where its torch answer comes from: True, views[i]; a pair
+ * (as_strided, itemsize), the call (as_strided, shape, C-order strides, element offset) for a raw,
+ * non-empty entry; None or absent, None (the decoder calls back). */
+static PyObject *strided_sources(PyObject *self, PyObject *args)
+{
+    PyObject *views, *entries, *offsets, *plan;
+    if (!PyArg_ParseTuple(args, "O!O!O!O!", &PyList_Type, &views, &PyList_Type, &entries, &PyList_Type, &offsets,
+                          &PyDict_Type, &plan))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(entries), i;
+    if (PyList_GET_SIZE(views) != n) {
+        PyErr_SetString(PyExc_ValueError, "one view (or None) per entry");
+        return NULL;
+    }
+    PyObject *out = PyList_New(n);
+    for (i = 0; out && i < n; i++) {
+        PyObject *e = PyList_GET_ITEM(entries, i), *item = Py_None;
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 6) {
+            PyErr_SetString(PyExc_TypeError, "entries must be wire.Entry tuples");
+            Py_CLEAR(out);
+            break;
+        }
+        PyObject *how = PyDict_GetItemWithError(plan, PyTuple_GET_ITEM(e, 0)); /* borrowed */
+        PyObject *shape = PyTuple_GET_ITEM(e, 1), *stages = PyTuple_GET_ITEM(e, 3);
+        int nonempty = PyObject_IsTrue(PyTuple_GET_ITEM(e, 2));
+        if (PyErr_Occurred() || nonempty < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+        if (how == Py_True) {
+            item = PyList_GET_ITEM(views, i);
+        } else if (how && PyTuple_Check(how) && PyTuple_GET_SIZE(how) == 2 && nonempty && PyTuple_Check(shape) &&
+                   PyTuple_Check(stages) && PyTuple_GET_SIZE(stages) == 0) {
+            Py_ssize_t first = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 5));
+            Py_ssize_t itemsize = PyLong_AsSsize_t(PyTuple_GET_ITEM(how, 1));
+            if (first < 0 || first >= PyList_GET_SIZE(offsets) || itemsize <= 0) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "bad first segment or itemsize");
+                Py_CLEAR(out);
+                break;
+            }
+            Py_ssize_t offset = PyLong_AsSsize_t(PyList_GET_ITEM(offsets, first));
+            PyObject *strides = offset < 0 ? NULL : contiguous_strides(shape);
+            PyObject *element = strides ? PyLong_FromSsize_t(offset / itemsize) : NULL;
+            item = element ? PyTuple_Pack(4, PyTuple_GET_ITEM(how, 0), shape, strides, element) : NULL;
+            Py_XDECREF(strides);
+            Py_XDECREF(element);
+            if (!item) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "bad segment offset");
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, i, item);
+            continue;
+        }
+        PyList_SET_ITEM(out, i, Py_NewRef(item));
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"unpack_tree", unpack_tree, METH_VARARGS, "The message tree from its msgpack bytes, or None (see tree.py)."},
+    {"strided_sources", strided_sources, METH_VARARGS, "core._torch_sources' loop over the tensor table."},
     {NULL, NULL, 0, NULL},
 };
 

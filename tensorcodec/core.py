@@ -456,16 +456,29 @@ def _torch_sources(
         ]
     if wrappable == len(rows):
         return views
-    strided = {row: _as_strided(make, row, single) for row in rows}
-    contiguous = make._contiguous if make is not None else _contiguous_strides
-    return [
-        (call, e.shape, contiguous(e.shape), offsets[e.first_segment] // e.dtype.itemsize)
-        if (call := strided[e.dtype]) is not None and e.nbytes and not e.stages
-        else v
-        if call is None and e.dtype.name in _WRAPPABLE
+    # Per dtype: True for the view, (as_strided, itemsize) for a strided view of a typed base, or None.
+    plan: dict[dtypes.DType, Any] = {
+        row: True
+        if row.name in _WRAPPABLE
+        else (call, row.itemsize)
+        if (call := _as_strided(make, row, single))
         else None
-        for v, e in zip(views, entries, strict=True)
-    ]
+        for row in rows
+    }
+    fast = wire.fast_tree()
+    if fast is not None:
+        return fast.strided_sources(views, entries, offsets, plan)  # type: ignore[no-any-return]
+    sources: list[Any] = []
+    for v, e in zip(views, entries, strict=True):
+        how = plan[e.dtype]
+        if how is True:
+            sources.append(v)
+        elif how is not None and e.nbytes and not e.stages:
+            call, itemsize = how
+            sources.append((call, e.shape, _contiguous_strides(e.shape), offsets[e.first_segment] // itemsize))
+        else:
+            sources.append(None)
+    return sources
 
 
 def _as_strided(make: Materializer | None, row: dtypes.DType, buf: Any) -> Any:

@@ -589,3 +589,25 @@ def test_route_sources_are_made_once_when_first_needed() -> None:
         FASTTREE.unpack_tree(
             pack([ref(0)]), 64, bytearray(1), resolve, (None, ([None], lambda: [1, 2], None), None, None)
         )
+
+
+@_needs_fasttree
+def test_strided_sources_follow_the_plan() -> None:
+    from tensorcodec import dtypes
+    from tensorcodec.wire import Entry, Segment
+
+    f32, bf16 = dtypes.by_name("float32"), dtypes.by_name("bfloat16")
+    seg = Segment("codes", "payload", dtypes.by_name("uint8"), (2,), 2)
+    entries = [
+        Entry(f32, (2, 3), 24, (), (), 0),
+        Entry(bf16, (4, 5, 6), 240, (), (), 1),
+        Entry(bf16, (0,), 0, (), (), 2),
+        Entry(bf16, (7,), 14, (("nf4", {}, {}),), (seg,), 3),
+        Entry(dtypes.by_name("int8"), (3,), 3, (), (), 4),
+    ]
+    offsets = [64, 128, 384, 384, 448]
+    plan = {f32: True, bf16: ("call", 2)}
+    views = ["view0", None, None, None, "view4"]
+    assert FASTTREE is not None
+    got = FASTTREE.strided_sources(views, entries, offsets, plan)
+    assert got == ["view0", ("call", (4, 5, 6), (30, 6, 1), 64), None, None, None]
