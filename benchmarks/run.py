@@ -14,7 +14,10 @@ so the numbers compare with its peers-baseline.md:
   glibc defaults anyway, instead of depending on what ran before; minor page
   faults per MB are reported so this cost stays visible;
 * peak memory is measured in one child process per workload (peak RSS reset
-  through /proc/self/clear_refs), as a multiple of the message size.
+  through /proc/self/clear_refs), as a multiple of the message size: in the
+  steady state after a full-size round trip (the shared benchmark warms up on
+  tiny tensors instead), and for tensorcodec also from a trimmed heap, where
+  every byte a call allocates counts.
 
 Units: MB = 1e6 B, GB/s = 1e9 B/s of raw tensor bytes.
 
@@ -650,6 +653,10 @@ def targets(results: dict[str, dict[str, dict]], small_us: list[tuple[str, Any, 
     def verdict(ok: bool, what: str, measured: str) -> None:
         lines.append(f"- **{'MET' if ok else 'NOT MET'}** — {what}: {measured}.")
 
+    def beside(within: bool, what: str, measured: str) -> None:
+        """A stricter reading than the issue's target, shown beside it."""
+        lines.append(f"- *beside the targets, {'within' if within else 'over'}* — {what}: {measured}.")
+
     def row(wl: str, codec: str) -> dict[str, Any] | None:
         r = results.get(wl, {}).get(codec)
         return r if r and "enc_s" in r else None
@@ -695,7 +702,8 @@ def targets(results: dict[str, dict[str, dict]], small_us: list[tuple[str, Any, 
         e = by[ENCODE_STAGE]
         for label, stage in (("decode(copy=False)", DECODE_VIEW_STAGE), ("decode(copy=True)", DECODE_COPY_STAGE)):
             d = by[stage]
-            verdict(
+            # The target compares with pickle 5 out-of-band, whose decode is zero-copy like copy=False.
+            (verdict if stage == DECODE_VIEW_STAGE else beside)(
                 max(e[0] + d[0], e[1] + d[1]) <= 5,
                 f"small-fp32: encode + {label} ≤ 5 µs per tensor",
                 f"torch in {e[0] + d[0]:.2f} µs ({e[0]:.2f} + {d[0]:.2f}), "
@@ -709,7 +717,7 @@ def targets(results: dict[str, dict[str, dict]], small_us: list[tuple[str, Any, 
             "wire overhead ≤ 64 B per tensor, keys excluded (keys are user content)",
             f"B per tensor with keys (without): {each}",
         )
-        verdict(max(r["overhead"] for r in over.values()) <= 64, "the same counting the keys", "see above")
+        beside(max(r["overhead"] for r in over.values()) <= 64, "the wire overhead counting the keys", "see above")
     peaks = [
         f"{wl}{label} {r['peak'][0] / r['size']:.2f}x"
         for wl in results
