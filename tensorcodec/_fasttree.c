@@ -5,7 +5,9 @@
  * reference: for a message of many small tensors, or a cache-cold decode of a few big ones,
  * those calls cost more than everything else decode does. `unpack_tree` reads the common subset
  * of the tree (maps with str keys, arrays, str, bin, ints, floats, bool, nil and tensor
- * references) directly and takes tensors from tables the caller filled beforehand.
+ * references) directly and answers each reference from tables that core.decode lays out (each
+ * kind's when first needed). wire.py reads the header map with it too; `strided_sources` is the
+ * loop that lays out the torch table of dtypes numpy lacks.
  *
  * It decides nothing that tree.py does not: at anything outside that subset or anything
  * malformed (tuples, big ints, unknown ext codes, duplicate or non-str keys, bad references,
