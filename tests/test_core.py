@@ -677,6 +677,34 @@ def test_the_core_works_without_torch() -> None:
     assert proc.stdout.decode().strip() == "ok False"
 
 
+_TORCH_LATE = """
+import sys
+import tensorcodec as tc
+message = sys.stdin.buffer.read()
+assert "torch" not in sys.modules
+back = tc.decode(message, copy=False)
+import torch
+assert all(type(t) is torch.Tensor for t in back.values()), back
+print(back["f"].dtype, back["b"].dtype, back["f"].tolist(), back["b"].float().tolist())
+"""
+
+
+def test_torch_tensors_decode_where_torch_is_not_imported_yet() -> None:
+    """A receiver that has not imported torch gets torch tensors all the same: decode imports it when asked."""
+    message = tc.encode({"f": torch.arange(3.0), "b": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)})
+    proc = subprocess.run([sys.executable, "-c", _TORCH_LATE], input=message, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().split() == [
+        "torch.float32",
+        "torch.bfloat16",
+        "[0.0,",
+        "1.0,",
+        "2.0]",
+        "[1.5,",
+        "-2.0]",
+    ]
+
+
 # -- the C tree decoder's tables agree with the Python callbacks -----------------------------------------------
 
 
