@@ -337,7 +337,7 @@ def unflatten(
     """The tree from its msgpack bytes; ``tensor(index, kind)`` resolves references.
 
     ``routes`` (by kind, item 0 unused) lets the C decoder answer references from
-    tables made beforehand. Raises DecodeError for anything malformed: unknown
+    tables the caller lays out (see ``Route``). Raises DecodeError for anything malformed: unknown
     ext codes, duplicate or non-str keys, bad indices, nesting beyond
     ``max_depth``, and table entries that the tree never references.
     """
