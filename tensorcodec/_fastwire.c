@@ -348,18 +348,58 @@ static PyObject *join_bytes(PyObject *self, PyObject *args)
     return out;
 }
 
+/* The parts of a message, read as one byte string: buffers acquired one at a time as a forward walk
+ * reaches them. */
+typedef struct {
+    PyObject *parts; /* list of buffers */
+    Py_ssize_t index, start; /* the part held, and its offset in the message */
+    Py_buffer view;
+    int held;
+} Parts;
+
+/* Moves to the part holding message offset pos (never backwards): 0, or -1 with ValueError past the end. */
+static int parts_seek(Parts *m, Py_ssize_t pos)
+{
+    while (!m->held || pos >= m->start + m->view.len) {
+        if (m->held) {
+            m->start += m->view.len;
+            m->index++;
+            PyBuffer_Release(&m->view);
+            m->held = 0;
+        }
+        if (m->index >= PyList_GET_SIZE(m->parts)) {
+            PyErr_SetString(PyExc_ValueError, "a gap lies outside the buffer");
+            return -1;
+        }
+        PyObject *part = PyList_GET_ITEM(m->parts, m->index);
+        Py_INCREF(part);
+        int err = PyObject_GetBuffer(part, &m->view, PyBUF_C_CONTIGUOUS);
+        Py_DECREF(part);
+        if (err < 0)
+            return -1;
+        m->held = 1;
+    }
+    return 0;
+}
+
 /* first_nonzero(buf, gaps) -> offset: the first nonzero byte in the runs (start, length, start, length, ...)
- * of buf, or -1 when every byte there is zero. A run past the end of buf is a ValueError. */
+ * of buf, or -1 when every byte there is zero. buf is one buffer, or a list of buffers read as their
+ * concatenation (a message in frames; the runs must then come in order). A run past the end is a ValueError. */
 static PyObject *first_nonzero(PyObject *self, PyObject *args)
 {
     PyObject *buf_obj, *gaps;
     if (!PyArg_ParseTuple(args, "OO!", &buf_obj, &PyList_Type, &gaps))
         return NULL;
-    Py_buffer buf;
-    if (PyObject_GetBuffer(buf_obj, &buf, PyBUF_C_CONTIGUOUS) < 0)
-        return NULL;
-    const unsigned char *p = buf.buf;
-    Py_ssize_t n = PyList_GET_SIZE(gaps), found = -1, i;
+    Parts m;
+    memset(&m, 0, sizeof m);
+    if (PyList_CheckExact(buf_obj)) {
+        m.parts = buf_obj;
+    } else {
+        if (PyObject_GetBuffer(buf_obj, &m.view, PyBUF_C_CONTIGUOUS) < 0)
+            return NULL;
+        m.held = 1;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(gaps), found = -1, i, end = 0;
     if (n % 2) {
         PyErr_SetString(PyExc_ValueError, "gaps must hold (start, length) pairs");
         goto done;
@@ -369,18 +409,36 @@ static PyObject *first_nonzero(PyObject *self, PyObject *args)
         Py_ssize_t len = PyLong_AsSsize_t(PyList_GET_ITEM(gaps, i + 1));
         if (PyErr_Occurred())
             goto done;
-        if (start < 0 || len < 0 || start > buf.len || len > buf.len - start) {
-            PyErr_SetString(PyExc_ValueError, "a gap lies outside the buffer");
+        if (start < 0 || len < 0 || (m.parts && start < end)) {
+            PyErr_SetString(PyExc_ValueError, "gaps must be in order, at non-negative offsets");
             goto done;
         }
-        for (Py_ssize_t k = 0; k < len; k++)
-            if (p[start + k]) {
-                found = start + k;
+        if (!m.parts) {
+            if (start > m.view.len || len > m.view.len - start) {
+                PyErr_SetString(PyExc_ValueError, "a gap lies outside the buffer");
+                goto done;
+            }
+            const unsigned char *p = m.view.buf;
+            for (Py_ssize_t k = 0; k < len; k++)
+                if (p[start + k]) {
+                    found = start + k;
+                    break;
+                }
+            continue;
+        }
+        for (Py_ssize_t pos = start; pos < start + len; pos++) {
+            if (parts_seek(&m, pos) < 0)
+                goto done;
+            if (((const unsigned char *)m.view.buf)[pos - m.start]) {
+                found = pos;
                 break;
             }
+        }
+        end = start + len;
     }
 done:
-    PyBuffer_Release(&buf);
+    if (m.held)
+        PyBuffer_Release(&m.view);
     if (PyErr_Occurred())
         return NULL;
     return PyLong_FromSsize_t(found);

@@ -518,8 +518,8 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
     """
     if not gaps:
         return
-    if len(rope.parts) == 1 and _fastwire is not None:
-        first = _fastwire.first_nonzero(rope.parts[0], gaps)
+    if _fastwire is not None:
+        first = _fastwire.first_nonzero(rope.parts[0] if len(rope.parts) == 1 else rope.parts, gaps)
         if first >= 0:
             raise _fail(f"padding byte at offset {first} is not zero")
         return

@@ -625,6 +625,19 @@ def test_c_layout_agrees_on_hostile_raw_entries(entries: list[Any], body: int) -
 
 
 @needs_fastwire
+@given(st.binary(max_size=200), st.data())
+def test_first_nonzero_reads_frames_as_one_buffer(data: bytes, draw: st.DataObject) -> None:
+    cuts = sorted(draw.draw(st.lists(st.integers(0, len(data)), max_size=6)))
+    parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    points = sorted(draw.draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    gaps = [x for a, b in zip(points[::2], points[1::2], strict=False) for x in (a, b - a)]
+    expected = next((a + i for a, n in zip(gaps[::2], gaps[1::2], strict=True) for i in range(n) if data[a + i]), -1)
+    assert FASTWIRE is not None
+    assert FASTWIRE.first_nonzero(data, gaps) == expected
+    assert FASTWIRE.first_nonzero(parts, gaps) == expected
+
+
+@needs_fastwire
 def test_c_loops_refuse_bad_arguments_without_crashing() -> None:
     fw = FASTWIRE
     assert fw is not None
@@ -642,6 +655,10 @@ def test_c_loops_refuse_bad_arguments_without_crashing() -> None:
         fw.first_nonzero(bytes(10), [1])
     assert fw.first_nonzero(bytes(10), [0, 10]) == -1
     assert fw.first_nonzero(b"\0\0\1", [0, 2, 2, 1]) == 2
+    with pytest.raises(ValueError, match="outside"):
+        fw.first_nonzero([bytes(4), bytes(4)], [6, 4])
+    with pytest.raises(ValueError, match="in order"):
+        fw.first_nonzero([bytes(4), bytes(4)], [4, 2, 0, 1])
     with pytest.raises(ValueError, match="too small"):
         fw.join_into(np.zeros(3, np.uint8), [b"ab", b"cd"])
     with pytest.raises((TypeError, BufferError)):
