@@ -108,7 +108,9 @@ static PyObject *tensor_ref(Reader *r, int code, const unsigned char *payload, u
     Py_ssize_t i = (Py_ssize_t)index;
     r->referenced[i] = 1;
     Route *route = &r->routes[code];
-    if (route->cache) {
+    /* The lists are the caller's: a size changed by Python code run since (a convert, resolve) only
+     * sends the reference to resolve. */
+    if (route->cache && PyList_GET_SIZE(route->cache) == r->n_tensors) {
         PyObject *done = PyList_GET_ITEM(route->cache, i);
         if (done != Py_None) {
             Py_INCREF(done);
@@ -116,7 +118,8 @@ static PyObject *tensor_ref(Reader *r, int code, const unsigned char *payload, u
         }
         if (route->make && sources_made(route, r->n_tensors) < 0)
             return NULL;
-        PyObject *source = route->sources ? PyList_GET_ITEM(route->sources, i) : Py_None, *out;
+        int listed = route->sources && PyList_GET_SIZE(route->sources) == r->n_tensors;
+        PyObject *source = listed ? PyList_GET_ITEM(route->sources, i) : Py_None, *out;
         if (source != Py_None) {
             Py_INCREF(source); /* the call runs Python code */
             if (PyTuple_CheckExact(source) && PyTuple_GET_SIZE(source) > 0)
@@ -126,8 +129,8 @@ static PyObject *tensor_ref(Reader *r, int code, const unsigned char *payload, u
                 out = route->convert ? PyObject_CallOneArg(route->convert, source) : Py_NewRef(source);
             Py_DECREF(source);
             if (out) {
-                Py_INCREF(out);
-                PyList_SetItem(route->cache, i, out); /* steals one reference; the lists' sizes were checked */
+                if (PyList_GET_SIZE(route->cache) == r->n_tensors)
+                    PyList_SetItem(route->cache, i, Py_NewRef(out)); /* steals the new reference */
                 return out;
             }
             if (!PyErr_ExceptionMatches(PyExc_Exception))

@@ -708,19 +708,28 @@ def test_torch_tensors_decode_where_torch_is_not_imported_yet() -> None:
 # -- the C tree decoder's tables agree with the Python callbacks -----------------------------------------------
 
 
-def _describe(value: Any, span: tuple[int, int]) -> Any:
-    """Type, dtype, shape, bytes, writability and whether it lies inside ``span`` (the message's memory)."""
+def _describe(value: Any, spans: list[tuple[int, int]]) -> Any:
+    """Type, dtype, shape, bytes, writability and whether it lies inside ``spans`` (the message's memory)."""
+
+    def inside(address: int, size: int) -> bool:
+        return size > 0 and any(start <= address < end for start, end in spans)
+
     if isinstance(value, dict):
-        return {k: _describe(v, span) for k, v in value.items()}
+        return {k: _describe(v, spans) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return (type(value).__name__, [_describe(v, span) for v in value])
+        return (type(value).__name__, [_describe(v, spans) for v in value])
     if isinstance(value, torch.Tensor):
         flat = value.reshape(-1).view(torch.uint8) if value.numel() else value.new_empty(0).view(torch.uint8)
-        inside = value.numel() > 0 and span[0] <= value.data_ptr() < span[1]
-        return ("torch", str(value.dtype), tuple(value.shape), flat.numpy().tobytes(), inside)
+        return (
+            "torch",
+            str(value.dtype),
+            tuple(value.shape),
+            flat.numpy().tobytes(),
+            inside(value.data_ptr(), value.numel()),
+        )
     if isinstance(value, np.ndarray):
-        inside = value.size > 0 and span[0] <= value.ctypes.data < span[1]
-        return ("numpy", str(value.dtype), value.shape, value.tobytes(), value.flags.writeable, inside)
+        where = inside(value.ctypes.data, value.size)
+        return ("numpy", str(value.dtype), value.shape, value.tobytes(), value.flags.writeable, where)
     if isinstance(value, np.generic):
         return ("scalar", str(value.dtype), value.tobytes())
     return (type(value).__name__, repr(value))
@@ -752,13 +761,19 @@ def test_decode_answers_alike_through_c_tables_and_python_callbacks(
         data = memoryview(bytearray(3) + message)[3:]
     elif buffer == "frames":
         data = [message[:200], message[200:]]
-    start = int(np.frombuffer(data if buffer != "frames" else data[1], np.uint8).ctypes.data)
-    span = (start - 200 if buffer == "frames" else start, start + len(message))
+    parts = data if isinstance(data, list) else [data]
+    spans = []
+    for part in parts:
+        start = int(np.frombuffer(part, np.uint8).ctypes.data)
+        spans.append((start, start + len(part)))
 
     def run() -> Any:
         back = tc.decode(data, copy=copy, framework=framework)  # type: ignore[arg-type]
         assert back["f32"] is back["tied"]
-        return _describe(back, span)
+        return _describe(back, spans)
 
     fast, python = both_wire_paths(run, (DecodeError,))
     assert fast == python
+    leaves = [v for v in fast.values() if v[0] != "list"] + fast["np"][1]
+    aliased = {leaf[1] for leaf in leaves if leaf[0] != "scalar" and leaf[-1]}
+    assert not aliased if copy else buffer == "shifted" or len(aliased) >= 4  # copies never alias; views do
