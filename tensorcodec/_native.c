@@ -604,6 +604,30 @@ done:
  * work); each tensor starts its own blocks (and, for 4-bit, its own byte), and outputs are laid end
  * to end in the order given. */
 
+/* The sources of a quantize batch (srcs, with kinds: one byte each), held: their buffers, each checked to
+ * hold whole elements of its kind, or NULL with an exception. *seq and *count are set for the caller to
+ * release (free_buffers(src, count), then *seq). */
+static Py_buffer *batch_sources(PyObject *list, const Py_buffer *kinds, PyObject **seq, Py_ssize_t *count)
+{
+    if ((*seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(*seq), elements;
+    if (check_len(kinds, n, "kinds"))
+        return NULL;
+    Py_buffer *src = item_buffers(*seq, n, "srcs");
+    if (src == NULL)
+        return NULL;
+    *count = n;
+    const unsigned char *kind = kinds->buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (check_kind(kind[i], "kinds[i]") || count_of(&src[i], kind[i], "a source", &elements)) {
+            free_buffers(src, n);
+            *count = 0;
+            return NULL;
+        }
+    return src;
+}
+
 PyDoc_STRVAR(quantize8_batch_doc, "quantize8_batch(srcs, kinds, blocksize, lut, codes, absmax)\n\n"
                                   "quantize8 of each source (kinds: one byte each), outputs end to end.");
 
@@ -616,16 +640,11 @@ static PyObject *quantize8_batch(PyObject *self, PyObject *args)
         return NULL;
     if (check_blocksize(bs, 0) || check_len(&v[1], 65536, "lut"))
         goto done;
-    if ((seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
+    if ((src = batch_sources(list, &v[0], &seq, &count)) == NULL)
         goto done;
-    count = PySequence_Fast_GET_SIZE(seq);
     const unsigned char *kinds = v[0].buf;
-    if (check_len(&v[0], count, "kinds") || (src = item_buffers(seq, count, "srcs")) == NULL)
-        goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n;
-        if (check_kind(kinds[i], "kinds[i]") || count_of(&src[i], kinds[i], "a source", &n))
-            goto done;
+        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]];
         total += n;
         blocks += nblocks_of(n, bs);
     }
@@ -663,16 +682,11 @@ static PyObject *quantize4_batch(PyObject *self, PyObject *args)
         return NULL;
     if (check_blocksize(bs, 1) || load_table4(&t, &v[1], &v[2], &v[3]))
         goto done;
-    if ((seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
+    if ((src = batch_sources(list, &v[0], &seq, &count)) == NULL)
         goto done;
-    count = PySequence_Fast_GET_SIZE(seq);
     const unsigned char *kinds = v[0].buf;
-    if (check_len(&v[0], count, "kinds") || (src = item_buffers(seq, count, "srcs")) == NULL)
-        goto done;
     for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n;
-        if (check_kind(kinds[i], "kinds[i]") || count_of(&src[i], kinds[i], "a source", &n))
-            goto done;
+        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]];
         bytes += n / 2 + n % 2;
         blocks += nblocks_of(n, bs);
     }

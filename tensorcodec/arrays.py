@@ -180,9 +180,9 @@ class Materializer:
             # and first-touch page faults dominate a copy into fresh memory.
             base = _NO_BASE
         elif base is None:
-            base = self._torch_base(row, buf[shift:] if shift else buf, nbytes)
-            if base is not _NO_BASE and base.data_ptr() % row.itemsize:
-                base = _NO_BASE  # torch's vector kernels fault on misaligned elements (complex128 needs 16)
+            base = self.aligned_base(row, buf[shift:] if shift else buf)
+            if base is None:
+                base = _NO_BASE  # through numpy below, which words a missing torch dtype
             if buf_key is not None:
                 self._bases[key] = base
         if base is _NO_BASE:
@@ -211,22 +211,27 @@ class Materializer:
         def view(row: DType, shape: tuple[int, ...], offset: int) -> Any:
             base = bases.get(row, _NO_BASE)
             if base is _NO_BASE:
-                base = bases[row] = self._aligned_base(row, buf)
+                base = bases[row] = self.aligned_base(row, buf)
             if base is None or offset % row.itemsize:
                 return None
             return base.as_strided(shape, self._contiguous(shape), offset // row.itemsize)
 
         return view
 
-    def _aligned_base(self, row: DType, buf: Any) -> Any:
-        """A torch tensor of ``row`` over all of ``buf``; None where torch lacks the dtype or ``buf`` is misaligned."""
-        try:
-            base = self._torch_base(row, buf, 1)
-        except TypeError:
+    def aligned_base(self, row: DType, buf: Any) -> Any:
+        """One typed torch tensor over all of ``buf``, from which tensors are strided views.
+
+        None where torch lacks the dtype, ``buf`` holds no whole element, or its elements are misaligned
+        (torch's vector kernels fault on them; complex128 needs 16).
+        """
+        tdtype = dtypes.torch_dtype(row) if _LITTLE else None
+        count = memoryview(buf).nbytes // row.itemsize
+        if tdtype is None or not count:
             return None
-        if base is _NO_BASE or base.data_ptr() % row.itemsize:
-            return None
-        return base
+        import torch
+
+        base = torch.frombuffer(buf, dtype=tdtype, count=count)
+        return None if base.data_ptr() % row.itemsize else base
 
     def _contiguous(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         """C-order strides in elements (1-D and 2-D directly, others remembered per decode call)."""
@@ -237,16 +242,6 @@ class Materializer:
             return (1,)
         got = self._strides.get(shape)
         return got if got is not None else self._strides.setdefault(shape, _contiguous_strides(shape))
-
-    def _torch_base(self, row: DType, buf: Any, nbytes: int) -> Any:
-        """One typed tensor over all of ``buf``, from which tensors are strided views."""
-        import torch
-
-        tdtype = _torch_dtype_of(row)
-        if not _LITTLE or nbytes == 0:
-            return _NO_BASE
-        count = memoryview(buf).nbytes // row.itemsize
-        return torch.frombuffer(buf, dtype=tdtype, count=count) if count else _NO_BASE
 
 
 _NO_BASE: Any = object()

@@ -485,14 +485,8 @@ def _as_strided(make: Materializer | None, row: dtypes.DType, buf: Any) -> Any:
     """``as_strided`` of a torch tensor of ``row`` over ``buf``, for a dtype numpy lacks; else None."""
     if make is None or row.name in _NUMPY_NATIVE:
         return None
-    tdtype = dtypes.torch_dtype(row)
-    count = buf.nbytes // row.itemsize
-    if tdtype is None or not count:
-        return None
-    import torch
-
-    base = torch.frombuffer(buf, dtype=tdtype, count=count)
-    return None if base.data_ptr() % row.itemsize else base.as_strided
+    base = make.aligned_base(row, buf)
+    return None if base is None else base.as_strided
 
 
 _U64 = np.dtype(np.uint64)

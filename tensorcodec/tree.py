@@ -324,7 +324,7 @@ not None, ``fn(*args)`` for a call ``(fn, *args)``, ``convert(sources[i])`` or `
 itself, kept in ``cache[i]``; else ``tensor(i, kind)``. A call that raises leaves the entry to
 ``tensor``. ``sources`` may be a function that makes them, called at the first reference that needs them.
 """
-_NO_ROUTES: tuple[Route | None, ...] = (None, None, None, None)
+_NO_ROUTES: tuple[Route | None, ...] = wire._NO_ROUTES
 
 
 def unflatten(
@@ -343,14 +343,23 @@ def unflatten(
     """
     referenced = bytearray(n_tensors)
     fast = wire.fast_tree()
-    if fast is not None:
-        done = fast.unpack_tree(data, max_depth, referenced, tensor, routes)
-        if done is not None:
-            missing = referenced.find(0)
-            if missing >= 0:
-                raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
-            return done[0]
-        referenced = bytearray(n_tensors)  # the C decoder left it (tuples, big ints, errors): decode it here
+    done = None if fast is None else fast.unpack_tree(data, max_depth, referenced, tensor, routes)
+    if done is not None:
+        tree = done[0]
+    else:  # no C decoder, or it left the tree here (tuples, big ints, errors)
+        referenced = bytearray(n_tensors)
+        tree = _unpack_tree(data, tensor, referenced, max_depth)
+    missing = referenced.find(0)
+    if missing >= 0:
+        raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
+    return tree
+
+
+def _unpack_tree(
+    data: bytes | memoryview, tensor: Callable[[int, int], Any], referenced: bytearray, max_depth: int
+) -> Any:
+    """``unflatten``'s tree through msgpack and Python hooks; marks each entry referenced."""
+    n_tensors = len(referenced)
     from_bytes = int.from_bytes
 
     def pairs(items: list[tuple[Any, Any]]) -> dict[str, Any]:
@@ -400,11 +409,7 @@ def unflatten(
             raise DecodeError("tree: tuple payload is not a msgpack array")
         return _Tuple(items)
 
-    tree = _finish(unpack(data), max_depth, expand)
-    missing = referenced.find(0)
-    if missing >= 0:
-        raise DecodeError(f"tensor {missing} is in the table but the tree never references it")
-    return tree
+    return _finish(unpack(data), max_depth, expand)
 
 
 _LEAF_TYPES = frozenset({str, int, float, bool, bytes, bytearray, type(None), np.ndarray})

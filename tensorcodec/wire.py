@@ -362,6 +362,7 @@ def _fast_header(data: Any, max_array_len: int) -> Any:
 _HEADER_DEPTH = 256
 """Nesting the C decoder reads in a header (codec configs and parameters); msgpack reads deeper ones."""
 _NO_ROUTES = (None, None, None, None)
+"""``_fasttree.unpack_tree``'s routes where no tables are laid out: every reference calls back (see tree.Route)."""
 
 
 def _no_reference(index: int, kind: int) -> Any:  # pragma: no cover - a header has no table to refer to
