@@ -20,6 +20,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+import tensorcodec as tc
 from tensorcodec import kernels as K
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -211,7 +212,7 @@ def main() -> None:
     args = ap.parse_args()
     K.set_num_threads(args.threads)
     if args.numpy:
-        K.set_native(False)
+        tc.set_native(False)
     F = None
     if not args.no_bnb:
         try:
@@ -219,7 +220,7 @@ def main() -> None:
         except ImportError:
             print("bitsandbytes is not installed: our figures only")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    impl = "C accelerator" if K.native_enabled() else "numpy"
+    impl = "C accelerator" if tc.native_enabled() else "numpy"
     print(f"kernels: {impl}, threads: {K.get_num_threads()}, CPUs: {os.cpu_count()}, load average: {load:.2f}")
     for dtype in (BF16, np.dtype(np.float32)):
         large(dtype, args.mb, args.repeat, F)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._c import native_enabled, set_native
 from ._version import __version__
 from .codecs import (
     FP8,
@@ -57,4 +58,6 @@ __all__ = [
     "UnknownCodecError",
     "DType",
     "DTYPES",
+    "set_native",
+    "native_enabled",
 ]

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from . import dtypes, wire
+from . import _c, dtypes, wire
 from .arrays import (
     _LITTLE,
     _NUMPY_NATIVE,
@@ -194,7 +194,7 @@ def encode(
     the path of an object that cannot be encoded.
     """
     frames, size = _frames(obj, precision, policy, checksum, max_depth)
-    fast = wire.fast_loops()
+    fast = _c.wire()
     if fast is not None:
         # One copy, into memory placed for huge pages from 2 MiB; the frames are dropped as they are
         # copied, so that the header is freed before the output is complete.
@@ -465,7 +465,7 @@ def _torch_sources(
         else None
         for row in rows
     }
-    fast = wire.fast_tree()
+    fast = _c.tree()
     if fast is not None:
         return fast.strided_sources(views, entries, offsets, plan)  # type: ignore[no-any-return]
     sources: list[Any] = []

@@ -12,9 +12,8 @@ to test them on CPU).
 
 Each kernel has two implementations with bit-identical results: the C accelerator
 ``tensorcodec._native`` (built at install when a C compiler is there; it does a block in one pass
-where numpy needs many) and numpy (always there). The accelerator is used when it was built, unless
-the environment variable ``TENSORCODEC_NATIVE=0`` was set at import; :func:`set_native` switches at
-run time.
+where numpy needs many) and numpy (always there). Which one runs is the C seam's switch
+(``tensorcodec.set_native``).
 
 What bitsandbytes 0.50 does on CPU, and so what these kernels do (from its source, each rule
 checked against it in ``tests/test_kernels.py``):
@@ -72,10 +71,7 @@ if TYPE_CHECKING:
 else:
     Tensor = Any
 
-try:
-    from . import _native
-except ImportError:  # built without a C compiler: numpy does everything
-    _native = None  # type: ignore[assignment]
+from . import _c
 
 __all__ = [
     "dequantize_4bit_batch",
@@ -96,8 +92,6 @@ __all__ = [
     "dynamic_map",
     "error_bound",
     "get_num_threads",
-    "NATIVE_AVAILABLE",
-    "native_enabled",
     "quantize_4bit",
     "quantize_4bit_torch",
     "quantize_absmax",
@@ -105,7 +99,6 @@ __all__ = [
     "quantize_absmax_torch",
     "quantize_blockwise8",
     "quantize_blockwise8_torch",
-    "set_native",
     "set_num_threads",
 ]
 
@@ -470,30 +463,9 @@ def _check_blocksize(blocksize: int) -> int:
 
 # ------------------------------------------------------------------------------------------------ native
 
-NATIVE_AVAILABLE: bool = _native is not None
-"""Whether the C accelerator ``tensorcodec._native`` was built (else only the numpy kernels exist)."""
-
-_use_native = NATIVE_AVAILABLE and os.environ.get("TENSORCODEC_NATIVE", "1") != "0"
-_KIND = {_F32: 0, _F16: 1, _BF16: 2}  # element kinds as _native numbers them
+_KIND = {_F32: 0, _F16: 1, _BF16: 2}  # element kinds as the C kernels number them
 _NATIVE_CHUNK = 1 << 20  # most elements per C call when work is split between threads
 _NATIVE_PARALLEL_MIN = 1 << 18  # below this many elements one thread is faster (a hand-off costs ~50 µs)
-
-
-def set_native(enabled: bool) -> None:
-    """Run the kernels in the C accelerator (``True``) or in numpy (``False``); the results are identical.
-
-    The default is the accelerator when it was built, unless ``TENSORCODEC_NATIVE=0`` was set at
-    import. Raises RuntimeError when asked for an accelerator that was not built.
-    """
-    global _use_native
-    if enabled and not NATIVE_AVAILABLE:
-        raise RuntimeError("tensorcodec._native was not built (no C compiler at install?): only numpy is available")
-    _use_native = bool(enabled)
-
-
-def native_enabled() -> bool:
-    """Whether the kernels run in the C accelerator (see :func:`set_native`)."""
-    return _use_native
 
 
 def _native_blocks(nblocks: int, blocksize: int, call: Callable[[int, int], None]) -> None:
@@ -543,27 +515,28 @@ def _native_spans(ends: list[int], call: Callable[[int, int], None]) -> None:
         f.result()
 
 
-def _q8_native(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
+def _q8_native(native: Any, a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
     codes = np.empty(a.size, dtype=np.uint8)
     absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
     kind = _KIND[a.dtype]
-    _native_blocks(absmax.size, bs, lambda b0, b1: _native.quantize8(a, kind, bs, lut.lut, codes, absmax, b0, b1))
+    _native_blocks(absmax.size, bs, lambda b0, b1: native.quantize8(a, kind, bs, lut.lut, codes, absmax, b0, b1))
     return codes, absmax
 
 
-def _q4_native(a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
+def _q4_native(native: Any, a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
     packed = np.empty((a.size + 1) // 2, dtype=np.uint8)
     absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
     kind = _KIND[a.dtype]
 
     def call(b0: int, b1: int) -> None:
-        _native.quantize4(a, kind, bs, table.grid, table.bounds, table.order, packed, absmax, b0, b1)
+        native.quantize4(a, kind, bs, table.grid, table.bounds, table.order, packed, absmax, b0, b1)
 
     _native_blocks(absmax.size, bs, call)
     return packed, absmax
 
 
 def _q_batch_native(
+    native: Any,
     arrays: list[AnyArray],
     bs: int,
     four_bit: bool,
@@ -575,7 +548,9 @@ def _q_batch_native(
     if sizes and max(sizes) > _NATIVE_CHUNK:  # a large tensor alone, split between the threads by ``single``
         out = [single(a) if a.size > _NATIVE_CHUNK else None for a in arrays]
         small = [i for i, r in enumerate(out) if r is None]
-        for i, r in zip(small, _q_batch_native([arrays[i] for i in small], bs, four_bit, single, tables), strict=True):
+        for i, r in zip(
+            small, _q_batch_native(native, [arrays[i] for i in small], bs, four_bit, single, tables), strict=True
+        ):
             out[i] = r
         return [r for r in out if r is not None]
     nbs = [-(-n // bs) for n in sizes]
@@ -585,7 +560,7 @@ def _q_batch_native(
     codes = np.empty(cends[-1], dtype=np.uint8)
     absmax = np.empty(bends[-1], dtype=np.float32)
     kinds = bytes([_KIND[a.dtype] for a in arrays])
-    fn: Callable[..., None] = _native.quantize4_batch if four_bit else _native.quantize8_batch
+    fn: Callable[..., None] = native.quantize4_batch if four_bit else native.quantize8_batch
 
     def call(i: int, j: int) -> None:
         fn(arrays[i:j], kinds[i:j], bs, *tables, codes[cends[i] : cends[j]], absmax[bends[i] : bends[j]])
@@ -786,8 +761,9 @@ def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = N
     a = _as_source(x)
     bs = _check_blocksize(blocksize)
     lut = _lut8(code)
-    if _use_native:
-        return _q8_native(a, bs, lut)
+    native = _c.kernels()
+    if native is not None:
+        return _q8_native(native, a, bs, lut)
     n = a.size
     codes = np.empty(n, dtype=np.uint8)
     absmax = np.empty(_nblocks(n, bs), dtype=np.float32)
@@ -811,8 +787,9 @@ def quantize_blockwise8_batch(
     arrays = [_as_source(x) for x in xs]
     bs = _check_blocksize(blocksize)
     lut = _lut8(code)
-    if _use_native:
-        return _q_batch_native(arrays, bs, False, lambda a: _q8_native(a, bs, lut), (lut.lut,))
+    native = _c.kernels()
+    if native is not None:
+        return _q_batch_native(native, arrays, bs, False, lambda a: _q8_native(native, a, bs, lut), (lut.lut,))
     out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
 
     def group(idx: list[int]) -> None:
@@ -969,9 +946,10 @@ def dequantize_blockwise8(
         raise ValueError(f"{n} codes in blocks of {bs} need {nb} absmax values, got {am.size}")
     lut = _lut8(code)
     out = np.empty(n, dtype=out_dtype)
-    if _use_native:
+    native = _c.kernels()
+    if native is not None:
         kind = _KIND[out_dtype]
-        _native_blocks(nb, bs, lambda b0, b1: _native.dequantize8(q, am, bs, lut.code, out, kind, b0, b1))
+        _native_blocks(nb, bs, lambda b0, b1: native.dequantize8(q, am, bs, lut.code, out, kind, b0, b1))
         return out
     if n <= _SMALL:
         if n:
@@ -998,13 +976,14 @@ def dequantize_blockwise8_batch(
     if not qs:
         return []
     table = _lut8(code).code
-    if _use_native:
+    native = _c.kernels()
+    if native is not None:
         ends = list(accumulate([q.size for q in qs], initial=0))
         out = np.empty(ends[-1], dtype=out_dtype)
         kind = _KIND[out_dtype]
 
         def call(i: int, j: int) -> None:
-            _native.dequantize8_batch(qs[i:j], ams[i:j], bs, table, out[ends[i] : ends[j]], kind)
+            native.dequantize8_batch(qs[i:j], ams[i:j], bs, table, out[ends[i] : ends[j]], kind)
 
         _native_spans(ends, call)
         return [out[o:e] for o, e in pairwise(ends)]
@@ -1074,8 +1053,9 @@ def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple
     """
     table, bs = _check_4bit(quant_type, blocksize)
     a = _as_source(x)
-    if _use_native:
-        return _q4_native(a, bs, table)
+    native = _c.kernels()
+    if native is not None:
+        return _q4_native(native, a, bs, table)
     n = a.size
     if n == 0:
         return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.float32)
@@ -1101,9 +1081,10 @@ def quantize_4bit_batch(
     """
     table, bs = _check_4bit(quant_type, blocksize)
     arrays = [_as_source(x) for x in xs]
-    if _use_native:
+    native = _c.kernels()
+    if native is not None:
         tables = (table.grid, table.bounds, table.order)
-        return _q_batch_native(arrays, bs, True, lambda a: _q4_native(a, bs, table), tables)
+        return _q_batch_native(native, arrays, bs, True, lambda a: _q4_native(native, a, bs, table), tables)
     out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
 
     def group(idx: list[int]) -> None:
@@ -1235,9 +1216,10 @@ def dequantize_4bit(
     n = int(n)
     _check_4bit_sizes(p, am, n, bs)
     out = np.empty(n, dtype=out_dtype)
-    if _use_native:
+    native = _c.kernels()
+    if native is not None:
         kind = _KIND[out_dtype]
-        _native_blocks(am.size, bs, lambda b0, b1: _native.dequantize4(p, am, bs, table.values, out, kind, b0, b1))
+        _native_blocks(am.size, bs, lambda b0, b1: native.dequantize4(p, am, bs, table.values, out, kind, b0, b1))
         return out
     if n <= _SMALL:
         if n:
@@ -1270,13 +1252,14 @@ def dequantize_4bit_batch(
         _check_4bit_sizes(p, am, n, bs)
     if not ps:
         return []
-    if _use_native:
+    native = _c.kernels()
+    if native is not None:
         ends = list(accumulate(ns, initial=0))
         out = np.empty(ends[-1], dtype=out_dtype)
         kind = _KIND[out_dtype]
 
         def call(i: int, j: int) -> None:
-            _native.dequantize4_batch(ps[i:j], ams[i:j], ns[i:j], bs, table.values, out[ends[i] : ends[j]], kind)
+            native.dequantize4_batch(ps[i:j], ams[i:j], ns[i:j], bs, table.values, out[ends[i] : ends[j]], kind)
 
         _native_spans(ends, call)
         return [out[o:e] for o, e in pairwise(ends)]

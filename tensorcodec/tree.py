@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from . import dtypes, wire
+from . import _c, dtypes, wire
 from .arrays import _LITTLE, _NUMPY_NATIVE, NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
 from .codecs import Quantized
 from .dtypes import _BY_NUMPY
@@ -278,7 +278,7 @@ def flatten(
     (unsupported object) or ValueError (too deep) naming the path of the
     offending object.
     """
-    fast = wire.fast_loops()
+    fast = _c.wire()
     if fast is not None and not names and devices is None:
         done = fast.plain_walk(obj, max_depth, *_plain_walk_tables())
         if done is not None:
@@ -342,7 +342,7 @@ def unflatten(
     ``max_depth``, and table entries that the tree never references.
     """
     referenced = bytearray(n_tensors)
-    fast = wire.fast_tree()
+    fast = _c.tree()
     done = None if fast is None else fast.unpack_tree(data, max_depth, referenced, tensor, routes)
     if done is not None:
         tree = done[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 import struct
 import threading
 import zlib
@@ -21,21 +20,9 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from . import dtypes
+from . import _c, dtypes
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
-
-try:  # the optional C loops (setup.py); without them the Python code here and in tree.py does the same
-    from . import _fastwire
-except ImportError:  # pragma: no cover - built wherever a C compiler was at install
-    _fastwire = None  # type: ignore[assignment]
-try:
-    from . import _fasttree
-except ImportError:  # pragma: no cover
-    _fasttree = None  # type: ignore[assignment]
-if os.environ.get("TENSORCODEC_NATIVE", "1") == "0":
-    _fastwire = None  # type: ignore[assignment]
-    _fasttree = None  # type: ignore[assignment]
 
 __all__ = [
     "MAGIC",
@@ -53,8 +40,6 @@ __all__ = [
     "parse_entry",
     "aligned",
     "copy_frames",
-    "fast_loops",
-    "FAST_COPY",
 ]
 
 MAGIC = b"TCDC"
@@ -353,9 +338,10 @@ def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
 
 def _fast_header(data: Any, max_array_len: int) -> Any:
     """The header map read by the C tree decoder, or None to let msgpack read it (and word any error)."""
-    if _fasttree is None:
+    fast = _c.tree()
+    if fast is None:
         return None
-    done = _fasttree.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, _NO_ROUTES, max_array_len)
+    done = fast.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, _NO_ROUTES, max_array_len)
     return None if done is None else done[0]
 
 
@@ -429,11 +415,10 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     decoded = 0
     max_ndim = limits.max_ndim
     done = 0
-    if _fastwire is not None:
+    fast = _c.wire()
+    if fast is not None:
         # The C loop lays out the run of plain raw entries; this loop goes on from the first other one.
-        entries, offsets, gaps, decoded, pos, done = _fastwire.layout(
-            raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim
-        )
+        entries, offsets, gaps, decoded, pos, done = fast.layout(raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim)
     for i in range(done, len(raw_entries)):
         entry = _entry(raw_entries[i], i, len(offsets), limits)
         entries.append(entry)
@@ -486,24 +471,11 @@ _PADDING_LOOP_MAX = 256
 """Up to this many padding runs a plain loop is cheaper than a vectorized check."""
 
 
-def fast_loops() -> Any:
-    """The C loops (``tensorcodec._fastwire``), or None where they were not built or are switched off."""
-    return _fastwire
-
-
-def fast_tree() -> Any:
-    """The C tree decoder (``tensorcodec._fasttree``), or None where it was not built or is switched off."""
-    return _fasttree
-
-
-FAST_COPY = _fastwire is not None
-"""Whether ``copy_frames`` runs in C (else one numpy copy per frame)."""
-
-
 def copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:
     """``b"".join(frames)`` written into ``dst``, a writable uint8 array at least as long."""
-    if _fastwire is not None:
-        _fastwire.join_into(dst, frames)
+    fast = _c.wire()
+    if fast is not None:
+        fast.join_into(dst, frames)
         return
     pos = 0
     for f in frames:
@@ -519,8 +491,9 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
     """
     if not gaps:
         return
-    if _fastwire is not None:
-        first = _fastwire.first_nonzero(rope.parts[0] if len(rope.parts) == 1 else rope.parts, gaps)
+    fast = _c.wire()
+    if fast is not None:
+        first = fast.first_nonzero(rope.parts[0] if len(rope.parts) == 1 else rope.parts, gaps)
         if first >= 0:
             raise _fail(f"padding byte at offset {first} is not zero")
         return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -11,7 +13,8 @@ import numpy as np
 import torch
 from hypothesis import settings
 
-from tensorcodec import wire
+import tensorcodec as tc
+from tensorcodec import _c, wire
 from tensorcodec.testing import raw_bytes, wire_dtype
 
 PREAMBLE = struct.Struct("<4sBBHII")
@@ -171,23 +174,30 @@ def join_message(header: dict[str, Any], segments: list[bytes]) -> bytes:
     return bytes(out)
 
 
-FASTWIRE = wire._fastwire
-"""tensorcodec._fastwire as imported (tests' wire_impl fixture switches wire._fastwire while it runs)."""
-FASTTREE = wire._fasttree
-"""tensorcodec._fasttree as imported (switched with FASTWIRE)."""
+FASTWIRE = _c.wire()
+"""tensorcodec._fastwire as the seam hands it out at start (None when built without C or TENSORCODEC_NATIVE=0)."""
+FASTTREE = _c.tree()
+"""tensorcodec._fasttree, likewise."""
+
+
+@contextlib.contextmanager
+def native(enabled: bool) -> Iterator[None]:
+    """Every C path on or off for a while (tensorcodec.set_native), then as before."""
+    before = tc.native_enabled()
+    tc.set_native(enabled)
+    try:
+        yield
+    finally:
+        tc.set_native(before)
 
 
 def both_wire_paths(run: Any, errors: tuple[type[BaseException], ...]) -> list[Any]:
-    """``run()`` with the C wire loops and again with the Python ones: its results, or the errors' text."""
-    before = wire._fastwire, wire._fasttree
+    """``run()`` with the C paths and again with the Python ones: its results, or the errors' text."""
     results: list[Any] = []
-    try:
-        for impl, tree_impl in ((FASTWIRE, FASTTREE), (None, None)):
-            wire._fastwire, wire._fasttree = impl, tree_impl
+    for enabled in (FASTWIRE is not None, False):
+        with native(enabled):
             try:
                 results.append(run())
             except errors as e:
                 results.append(f"{type(e).__name__}: {e}")
-    finally:
-        wire._fastwire, wire._fasttree = before
     return results

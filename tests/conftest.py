@@ -28,32 +28,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", "ignore:ComplexHalf support is experimental:UserWarning")
 
 
-@pytest.fixture(scope="module", params=["native", "numpy"])
-def kernel_impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a test with the C accelerator and again with the numpy kernels (module scope: hypothesis-safe)."""
-    from tensorcodec import kernels
+def _both_paths(request: pytest.FixtureRequest, c_name: str) -> Iterator[str]:
+    import tensorcodec as tc
+    from tensorcodec import _c
 
-    if request.param == "native" and not kernels.NATIVE_AVAILABLE:
-        pytest.skip("tensorcodec._native is not built (no C compiler at install?)")
-    before = kernels.native_enabled()
-    kernels.set_native(request.param == "native")
+    use_c = request.param == c_name
+    if use_c and not _c.native_available():
+        pytest.skip("tensorcodec's C extensions are not built (no C compiler at install?)")
+    if use_c and os.environ.get("TENSORCODEC_NATIVE", "1") == "0":
+        pytest.skip("TENSORCODEC_NATIVE=0: this run tests the Python paths alone")
+    before = tc.native_enabled()
+    tc.set_native(use_c)
     try:
         yield str(request.param)
     finally:
-        kernels.set_native(before)
+        tc.set_native(before)
+
+
+@pytest.fixture(scope="module", params=["native", "numpy"])
+def kernel_impl(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test with the C paths and again with the Python ones (module scope: hypothesis-safe)."""
+    yield from _both_paths(request, "native")
 
 
 @pytest.fixture(scope="module", params=["c", "python"])
 def wire_impl(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Runs a test with the C wire loops (tensorcodec._fastwire, _fasttree) and again with the Python ones."""
-    from tensorcodec import wire
-
-    built, built_tree = wire._fastwire, wire._fasttree
-    if request.param == "c" and (built is None or built_tree is None):
-        pytest.skip("tensorcodec._fastwire / _fasttree is not built (no C compiler at install?)")
-    wire._fastwire = built if request.param == "c" else None
-    wire._fasttree = built_tree if request.param == "c" else None
-    try:
-        yield str(request.param)
-    finally:
-        wire._fastwire, wire._fasttree = built, built_tree
+    """Runs a test with the C paths (the wire loops and tree decoder among them) and again with the Python ones."""
+    yield from _both_paths(request, "c")

@@ -21,9 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import tensorcodec as tc
+from tensorcodec import _c
 from tensorcodec import kernels as K
 
-pytestmark = pytest.mark.skipif(not K.NATIVE_AVAILABLE, reason="tensorcodec._native is not built")
+pytestmark = pytest.mark.skipif(_c.kernels() is None, reason="tensorcodec._native is not built or switched off")
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
@@ -31,12 +33,12 @@ DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
 
 @contextlib.contextmanager
 def native(enabled: bool) -> Iterator[None]:
-    before = K.native_enabled()
-    K.set_native(enabled)
+    before = tc.native_enabled()
+    tc.set_native(enabled)
     try:
         yield
     finally:
-        K.set_native(before)
+        tc.set_native(before)
 
 
 def both(fn: Callable[[], Any]) -> tuple[Any, Any]:
@@ -183,9 +185,11 @@ def test_dequantized_values_round_like_numpy() -> None:
 def test_native_off_by_environment_or_when_not_built() -> None:
     script = (
         "import sys\n"
-        "if sys.argv[1] == 'unbuilt': sys.modules['tensorcodec._native'] = None\n"
-        "from tensorcodec import kernels as K\n"
-        "print(K.NATIVE_AVAILABLE, K.native_enabled())\n"
+        "hidden = ['tensorcodec._native', 'tensorcodec._fastwire', 'tensorcodec._fasttree']\n"
+        "if sys.argv[1] == 'unbuilt': sys.modules.update(dict.fromkeys(hidden))\n"
+        "import tensorcodec as tc\n"
+        "from tensorcodec import _c, kernels as K\n"
+        "print(_c.native_available(), tc.native_enabled())\n"
         "x = K.np.linspace(-1, 1, 1001, dtype=K.np.float32)\n"
         "sys.stdout.write(K.quantize_4bit(x)[0].tobytes().hex())\n"
     )
@@ -202,17 +206,21 @@ def test_native_off_by_environment_or_when_not_built() -> None:
 
 
 def test_set_native_refuses_what_was_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(K, "NATIVE_AVAILABLE", False)
-    monkeypatch.setattr(K, "_use_native", K.native_enabled())  # restored afterwards
-    with pytest.raises(RuntimeError):
-        K.set_native(True)
-    K.set_native(False)
-    assert not K.native_enabled()
+    before = tc.native_enabled()
+    monkeypatch.setattr(_c, "_built", dict.fromkeys(_c._NAMES))
+    try:
+        with pytest.raises(RuntimeError, match="not built"):
+            tc.set_native(True)
+        tc.set_native(False)
+        assert not tc.native_enabled()
+    finally:
+        monkeypatch.undo()
+        tc.set_native(before)
 
 
 # ------------------------------------------------------------------------------------------------ bad calls
 
-N = K._native
+N = _c.kernels()
 T4 = K._table4("nf4")
 LUT = K._lut8(None)
 F32 = np.float32

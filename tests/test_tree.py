@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from _helpers import FASTTREE, FASTWIRE, both_wire_paths, pack, ref
+from _helpers import FASTTREE, FASTWIRE, both_wire_paths, native, pack, ref
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -429,14 +429,11 @@ def _strict(value: Any) -> Any:
 
 
 def _python_unflat(data: bytes, n_tensors: int, max_depth: int) -> Any:
-    before = wire._fasttree
-    wire._fasttree = None
-    try:
-        return unflat(data, n_tensors, max_depth)
-    except DecodeError as e:
-        return f"DecodeError: {e}"
-    finally:
-        wire._fasttree = before
+    with native(False):
+        try:
+            return unflat(data, n_tensors, max_depth)
+        except DecodeError as e:
+            return f"DecodeError: {e}"
 
 
 def _c_agrees(data: bytes, n_tensors: int = 3, max_depth: int = 64) -> bool:

@@ -1,0 +1,102 @@
+"""The one seam to C: the only module that imports tensorcodec's C extensions.
+
+Three optional extensions, each a faster copy of Python code that exists beside it and gives the
+same results (tests hold each pair to that, and CI runs the whole suite both ways):
+
+* ``_native``: the blockwise 8-bit and 4-bit kernels of the codec families;
+* ``_fastwire``: the wire format's loops (the tree walk of encode, the table layout of decode,
+  joining frames, checking padding);
+* ``_fasttree``: the tree decoder.
+
+They are imported once, on first use, unless the environment variable ``TENSORCODEC_NATIVE=0`` is
+set at import, in which case none is imported until ``set_native(True)`` asks for them. The one
+run-time switch, :func:`set_native`, governs every C path at once. Callers ask this module for an
+extension (``kernels()``, ``wire()``, ``tree()``) each time they need one and take the Python path
+on None; this module knows no codec, no format and no tree.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+
+__all__ = ["set_native", "native_enabled", "native_available", "kernels", "wire", "tree"]
+
+_NAMES = ("_native", "_fastwire", "_fasttree")
+
+_built: dict[str, ModuleType | None] | None = None
+"""The extensions as imported (None for one that was not built); None before the first import."""
+_active: dict[str, ModuleType | None] = dict.fromkeys(_NAMES)
+"""What the switch hands out now: the built extensions when on, None for each when off."""
+_enabled = False
+
+
+def _import_all() -> dict[str, ModuleType | None]:
+    global _built
+    if _built is None:
+        found: dict[str, ModuleType | None] = {}
+        for name in _NAMES:
+            try:
+                found[name] = importlib.import_module(f"tensorcodec.{name}")
+            except ImportError:  # built without a C compiler: the Python code does the work
+                found[name] = None
+        _built = found
+    return _built
+
+
+def native_available() -> bool:
+    """Whether every C extension was built at install (a C compiler was there); imports none that is not yet."""
+    if _built is not None:
+        return all(module is not None for module in _built.values())
+    try:
+        return all(importlib.util.find_spec(f"tensorcodec.{name}") is not None for name in _NAMES)
+    except (ImportError, ValueError):  # a module set to None in sys.modules, as tests do to hide one
+        return False
+
+
+def set_native(enabled: bool) -> None:
+    """Run every C path (``True``) or none (``False``); the results are identical either way.
+
+    The default is on when the extensions were built, unless ``TENSORCODEC_NATIVE=0`` was set at
+    import. Asking for C where none was built raises RuntimeError, naming the fix.
+    """
+    global _enabled
+    if enabled:
+        built = _import_all()
+        if not any(module is not None for module in built.values()):
+            raise RuntimeError(
+                "tensorcodec's C extensions were not built (no C compiler at install?): only the Python code is "
+                "available; reinstall with a C compiler to get them"
+            )
+        _active.update(built)
+    else:
+        _active.update(dict.fromkeys(_NAMES))
+    _enabled = bool(enabled)
+
+
+def native_enabled() -> bool:
+    """Whether the C paths are in use (see :func:`set_native`)."""
+    return _enabled
+
+
+def kernels() -> ModuleType | None:
+    """The C kernels (``tensorcodec._native``), or None when switched off or not built."""
+    return _active["_native"]
+
+
+def wire() -> ModuleType | None:
+    """The C wire loops (``tensorcodec._fastwire``), or None when switched off or not built."""
+    return _active["_fastwire"]
+
+
+def tree() -> ModuleType | None:
+    """The C tree decoder (``tensorcodec._fasttree``), or None when switched off or not built."""
+    return _active["_fasttree"]
+
+
+if os.environ.get("TENSORCODEC_NATIVE", "1") != "0":
+    _import_all()
+    if any(module is not None for module in (_built or {}).values()):
+        set_native(True)
