@@ -25,7 +25,8 @@ import tensorcodec as tc
 from tensorcodec import _c
 from tensorcodec import kernels as K
 
-pytestmark = pytest.mark.skipif(_c.kernels() is None, reason="tensorcodec._native is not built or switched off")
+if _c.kernels() is None:
+    pytest.skip("tensorcodec._native is not built or switched off", allow_module_level=True)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
