@@ -447,10 +447,10 @@ class _Tmp(Codec):
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, type[Codec]]:
     """A private copy of the registry with entry points not yet loaded; restored afterwards."""
-    monkeypatch.setattr(codecs, "_REGISTRY", dict(codecs._REGISTRY))
-    monkeypatch.setattr(codecs, "_INSTALL_HINTS", dict(codecs._INSTALL_HINTS))
-    monkeypatch.setattr(codecs, "_entry_points_loaded", False)
-    return codecs._REGISTRY
+    monkeypatch.setattr(codecs.base, "REGISTRY", dict(codecs.base.REGISTRY))
+    monkeypatch.setattr(codecs.base, "_INSTALL_HINTS", dict(codecs.base._INSTALL_HINTS))
+    monkeypatch.setattr(codecs.base, "_entry_points_loaded", False)
+    return codecs.base.REGISTRY
 
 
 def test_builtin_codecs_are_registered() -> None:
@@ -532,7 +532,7 @@ def test_entry_point_plugins(registry: dict[str, type[Codec]], monkeypatch: pyte
         groups.append(group)
         return points
 
-    monkeypatch.setattr(codecs.metadata, "entry_points", entry_points)
+    monkeypatch.setattr(codecs.base.metadata, "entry_points", entry_points)
     assert tc.get_codec("plugin.good") is Plugin
     assert groups == ["tensorcodec.codecs"]
     assert "cast" not in loads and tc.get_codec("cast") is Cast
@@ -557,7 +557,7 @@ def test_decode_never_imports_what_a_message_names(
     module = "tc_test_evil_plugin"
     (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(codecs.metadata, "entry_points", lambda *, group: [])
+    monkeypatch.setattr(codecs.base.metadata, "entry_points", lambda *, group: [])
     message = tc.encode({"w": np.ones(8, np.float32)}, policy=tc.Policy({"*": "fp16"}, min_elements=0))
     header, segments = split_message(message)
     for codec_id in (module, f"{module}:Codec", f"{module}.Codec", "os.system"):
