@@ -43,9 +43,11 @@ from tensorcodec.codecs import (
     packed_size,
     unpack_bits,
 )
+from tensorcodec.codecs.base import EPS32, block_absmax
 from tensorcodec.dtypes import DType, by_name
 from tensorcodec.errors import DecodeError, UnknownCodecError
 from tensorcodec.testing import raw_bytes, wire_dtype
+from tensorcodec.testing.codecs import assert_within_bound
 
 try:  # the shared strategies, when present
     from tensorcodec.testing.strategies import shapes as _shared_shapes
@@ -53,9 +55,6 @@ except ImportError:  # pragma: no cover - written by another module's owner
     _shared_shapes = None
 
 ROOT = Path(__file__).resolve().parent.parent
-EPS32 = 2.0**-24
-SUB32 = 2.0**-149
-"""fp32's unit roundoff and its smallest subnormal: "fp32 rounding" is a few of each."""
 F32_MAX = float(np.finfo(np.float32).max)
 SOURCES = ("float32", "float16", "bfloat16", "float64")
 _KERNEL_FUNCS = {
@@ -221,86 +220,50 @@ def _segments(encoded: tc.Encoded) -> dict[str, np.ndarray[Any, Any]]:
 # ---------------------------------------------------------------------------- documented error bounds
 
 
-def _narrow(src: str) -> float:
-    return 2.0 if src in ("float16", "bfloat16") else 1.0
+def assert_within(flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any], codec: Codec) -> None:
+    """The decoded values against the bound the codec states (``Codec.error_bound``), element by element."""
+    assert_within_bound(repr(codec), flat, got, codec.error_bound(flat, enc))
 
 
-def _per_element(values: np.ndarray[Any, Any], block: int, n: int) -> np.ndarray[Any, Any]:
-    return np.repeat(values, block if block else max(n, 1))[:n]
-
-
-def _block_absmax(x32: np.ndarray[Any, Any], block: int) -> np.ndarray[Any, Any]:
-    """Per-block max |x| over finite values (0 for an all-non-finite or empty block)."""
-    n = x32.size
-    size = block if block else max(n, 1)
-    nblocks = max(1, -(-n // size))
-    padded = np.zeros(nblocks * size)
-    padded[:n] = np.where(np.isfinite(x32), np.abs(x32), 0.0)
-    return padded.reshape(nblocks, size).max(axis=1)
-
-
-def assert_within(x: np.ndarray[Any, Any], got: np.ndarray[Any, Any], allowed: np.ndarray[Any, Any], what: str) -> None:
-    """|x - got| <= allowed at every finite x, in float64 (a NaN result for a finite x fails)."""
-    finite = np.isfinite(x)
-    with np.errstate(invalid="ignore"):
-        err = np.abs(x - got)
-    bad = finite & ~(err <= allowed)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise AssertionError(
-            f"{what}: element {i}: x={x[i]!r} decoded={got[i]!r} |err|={err[i]!r} > bound {allowed[i]!r}"
-        )
-
-
-def cast_bound(codec: Cast, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]) -> None:
-    """Cast: 2^-11|x| (fp16) / 2^-8|x| (bf16) in the normal range, half the smallest subnormal below it;
-    finite values beyond the largest become it (never Inf); NaN and ±Inf are kept."""
+def cast_bound(codec: Cast, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """Cast (``Cast.error_bound``) and what it promises beyond the bound: finite values beyond the
+    largest become it (never Inf); NaN and ±Inf are kept."""
+    x, out = flat.astype(np.float64), got.astype(np.float64)
     target = by_name(codec.to).numpy  # type: ignore[union-attr]
     fi: Any = ml_dtypes.finfo(target)
-    rel = 2.0**-11 if codec.to == "float16" else 2.0**-8
-    # (1 + 2^-14): float64 -> bfloat16 goes through float32 in ml_dtypes, a second rounding of <= 2^-150.
-    allowed = np.maximum(rel * np.abs(x), float(fi.smallest_subnormal) / 2) * (1 + 2.0**-14) * _narrow(src)
     beyond = np.isfinite(x) & (np.abs(x) > float(fi.max))
-    clamp = float(np.array(fi.max, dtype=target).astype(by_name(src).numpy))  # type: ignore[union-attr]
-    assert np.array_equal(got[beyond], np.sign(x[beyond]) * clamp), "finite values beyond the range are clamped"
-    allowed[beyond] = np.inf
-    assert_within(x, got, allowed, repr(codec))
-    assert np.isnan(got[np.isnan(x)]).all(), "NaN stays NaN"
+    clamp = float(np.array(fi.max, dtype=target).astype(flat.dtype))
+    assert np.array_equal(out[beyond], np.sign(x[beyond]) * clamp), "finite values beyond the range are clamped"
+    assert_within(flat, enc, got, codec)
+    assert np.isnan(out[np.isnan(x)]).all(), "NaN stays NaN"
     inf = np.isinf(x)
-    assert np.array_equal(got[inf], x[inf]), "±Inf stays ±Inf"
+    assert np.array_equal(out[inf], x[inf]), "±Inf stays ±Inf"
 
 
-def fp8_bound(codec: FP8, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]) -> None:
-    """FP8: scale * 2^-4 * |x/scale| (e4m3) or 2^-3 (e5m2), plus scale * 2^-9 (e4m3) / 2^-16 (e5m2)
-    near zero; scale = absmax / fp8_max over finite values; NaN stays NaN, ±Inf stays ±Inf (e5m2) or
-    becomes NaN (e4m3)."""
-    n = x.size
+def fp8_bound(codec: FP8, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """FP8 (``FP8.error_bound``), with scale = absmax / fp8_max over finite values as documented (so the
+    bound is not vacuous); NaN stays NaN, ±Inf stays ±Inf (e5m2) or becomes NaN (e4m3)."""
+    x, out = flat.astype(np.float64), got.astype(np.float64)
     fmax = float(ml_dtypes.finfo(codec._dtype.numpy).max)  # type: ignore[no-untyped-call]
-    rel, sub = (2.0**-4, 2.0**-9) if codec.format == "e4m3" else (2.0**-3, 2.0**-16)
     scale = enc.segments["scale"][1].astype(np.float64)
-    absmax = _block_absmax(x.astype(np.float32).astype(np.float64), codec.block)
+    absmax = block_absmax(x.astype(np.float32).astype(np.float64), codec.block)
     assert scale.shape == absmax.shape
-    # The scale is what the docstring says (so the bound below is not vacuous) and never subnormal.
     expected = np.where(absmax == 0, 1.0, np.maximum(absmax / fmax, 2.0**-126))
     assert np.allclose(scale, expected, rtol=4 * EPS32, atol=0), (scale, expected)
-    per = _per_element(scale, codec.block, n)
-    with np.errstate(invalid="ignore"):
-        to_fp32 = np.abs(x - x.astype(np.float32))  # the values are cast to fp32 first
-    allowed = (rel * np.abs(x) + per * sub + 4 * EPS32 * np.abs(x) + 4 * SUB32 + to_fp32) * _narrow(src)
-    assert_within(x, got, allowed, repr(codec))
-    assert np.isnan(got[np.isnan(x)]).all(), "NaN stays NaN"
+    assert_within(flat, enc, got, codec)
+    assert np.isnan(out[np.isnan(x)]).all(), "NaN stays NaN"
     inf = np.isinf(x)
     if codec.format == "e5m2":
-        assert np.array_equal(got[inf], x[inf]), "e5m2 keeps ±Inf"
+        assert np.array_equal(out[inf], x[inf]), "e5m2 keeps ±Inf"
     else:
-        assert np.isnan(got[inf]).all(), "e4m3 has no Inf: ±Inf becomes NaN"
+        assert np.isnan(out[inf]).all(), "e4m3 has no Inf: ±Inf becomes NaN"
 
 
-def minmax_bound(codec: MinMax, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]) -> None:
-    """MinMax: (max - min) / (2^bits - 1) / 2 (nearest) or < (max - min) / (2^bits - 1) (stochastic),
-    plus fp32 rounding; the range is the exact fp32 min/max; a constant tensor sends no codes."""
-    n = x.size
-    x32 = x.astype(np.float32).astype(np.float64)
+def minmax_bound(codec: MinMax, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """MinMax (``MinMax.error_bound``), with the range the exact fp32 min/max of each block and no codes
+    for a constant tensor, which decodes exactly (to fp32)."""
+    n = flat.size
+    x32 = flat.astype(np.float32).astype(np.float64)
     ranges = enc.segments["range"][1].astype(np.float64).reshape(-1, 2)
     size = codec.block if codec.block else max(n, 1)
     for b, (lo_b, hi_b) in enumerate(ranges):
@@ -310,13 +273,8 @@ def minmax_bound(codec: MinMax, x: np.ndarray[Any, Any], enc: tc.Encoded, src: s
     constant = bool(np.all(ranges[:, 0] == ranges[:, 1]))
     assert ("codes" in enc.segments) == (n > 0 and not constant), "codes are sent iff some block is not constant"
     if constant:
-        assert np.array_equal(got, x32), "a constant tensor decodes exactly (to fp32)"
-    lo = _per_element(ranges[:, 0], codec.block, n)
-    hi = _per_element(ranges[:, 1], codec.block, n)
-    step = (hi - lo) / ((1 << codec.bits) - 1)
-    slack = 8 * EPS32 * (np.abs(lo) + np.abs(hi)) + 4 * SUB32 + np.abs(x - x32)  # "plus fp32 rounding"
-    allowed = (step * (1.0 if codec.stochastic else 0.5) + slack) * _narrow(src)
-    assert_within(x, got, allowed, repr(codec))
+        assert np.array_equal(got.astype(np.float64), x32), "a constant tensor decodes exactly (to fp32)"
+    assert_within(flat, enc, got, codec)
 
 
 DYNAMIC_HALF_GAP = 0.0070468
@@ -326,57 +284,41 @@ TABLE_HALF_GAP = {"nf4": 0.3038072 / 2, "fp4": (1 - 0.6666667) / 2}
 """Half the largest gap of bitsandbytes' 16-entry nf4 and fp4 tables (both include -1 and 1)."""
 
 
+def blockwise8_bound(codec: Blockwise8, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """Blockwise8 (``Blockwise8.error_bound``): absmax_block * (largest gap of the dynamic map) / 2."""
+    assert_within(flat, enc, got, codec)
+
+
+def quant4_bound(codec: Quant4, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """Quant4 (``Quant4.error_bound``): absmax_block * (largest gap of the table) / 2, plus the error of
+    the quantized absmax."""
+    kernels_or_skip("quant4")
+    assert_within(flat, enc, got, codec)
+
+
+def sign_scale_bound(codec: Any, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """The worked example (``SignScale.error_bound``): x̂ = ±scale with x's sign bit; scale = mean |x|
+    (l1) or rms (l2)."""
+    x, out = flat.astype(np.float64), got.astype(np.float64)
+    n = x.size
+    scale = enc.params["scale"]
+    expected = 0.0 if n == 0 else float(np.mean(np.abs(x)) if codec.norm == "l1" else np.sqrt(np.mean(x * x)))
+    assert scale == pytest.approx(expected, rel=1e-12, abs=0)
+    magnitude = float(np.array(scale).astype(flat.dtype))
+    assert np.array_equal(np.abs(out), np.full(n, magnitude)), "every |x̂| is the scale"
+    assert np.array_equal(np.signbit(out), np.signbit(x)), "the sign bit is kept"
+    assert_within(flat, enc, got, codec)
+
+
 def test_documented_bounds_match_the_kernels() -> None:
+    from tensorcodec.codecs import blockwise8, quant4
+
+    assert blockwise8.HALF_GAP == DYNAMIC_HALF_GAP and quant4.HALF_GAPS == TABLE_HALF_GAP
     kernels = kernels_or_skip("quant4")
     if not hasattr(kernels, "error_bound"):
         pytest.skip("tensorcodec.kernels has no error_bound")
     for kind, bound in [("dynamic", DYNAMIC_HALF_GAP), *TABLE_HALF_GAP.items()]:
         assert kernels.error_bound(kind) == pytest.approx(bound, rel=1e-5), kind
-
-
-def blockwise8_bound(
-    codec: Blockwise8, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]
-) -> None:
-    """Blockwise8: absmax_block * (largest gap of the dynamic map) / 2, plus fp32 rounding."""
-    x32 = x.astype(np.float32).astype(np.float64)
-    absmax = _per_element(_block_absmax(x32, codec.blocksize), codec.blocksize, x.size)
-    slack = 4 * EPS32 * absmax + 4 * SUB32 + np.abs(x - x32)
-    allowed = (absmax * DYNAMIC_HALF_GAP * (1 + 1e-5) + slack) * _narrow(src)
-    allowed = np.where(absmax < 2.0**-126, 2 * absmax + slack, allowed)  # 1 / absmax overflows
-    assert_within(x, got, allowed, repr(codec))
-
-
-def quant4_bound(codec: Quant4, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]) -> None:
-    """Quant4: absmax_block * (largest gap of the table) / 2, plus the error of the quantized absmax."""
-    kernels = kernels_or_skip("quant4")
-    x32 = x.astype(np.float32).astype(np.float64)
-    true = _block_absmax(x32, codec.blocksize)
-    if codec.double_quant:
-        offset = np.float32(enc.params["offset"])
-        seg = enc.segments
-        sent = np.asarray(kernels.dequantize_absmax(offset, seg["absmax_codes"][1], seg["absmax_scale"][1]))
-    else:
-        sent = enc.segments["absmax"][1]
-    sent = sent.astype(np.float64).reshape(-1)[: true.size]
-    absmax = _per_element(true, codec.blocksize, x.size)
-    absmax_err = _per_element(np.abs(sent - true), codec.blocksize, x.size)
-    half_gap = TABLE_HALF_GAP[codec.quant_type]
-    slack = 4 * EPS32 * absmax + 4 * SUB32 + np.abs(x - x32)
-    allowed = (absmax * half_gap * (1 + 1e-5) + absmax_err + slack) * _narrow(src)
-    allowed = np.where(absmax < 2.0**-126, 2 * absmax + absmax_err + slack, allowed)  # 1 / absmax overflows
-    assert_within(x, got, allowed, repr(codec))
-
-
-def sign_scale_bound(codec: Any, x: np.ndarray[Any, Any], enc: tc.Encoded, src: str, got: np.ndarray[Any, Any]) -> None:
-    """The worked example: x̂ = ±scale with x's sign bit; scale = mean |x| (l1) or rms (l2)."""
-    n = x.size
-    scale = enc.params["scale"]
-    expected = 0.0 if n == 0 else float(np.mean(np.abs(x)) if codec.norm == "l1" else np.sqrt(np.mean(x * x)))
-    assert scale == pytest.approx(expected, rel=1e-12, abs=0)
-    magnitude = float(np.array(scale).astype(by_name(src).numpy))  # type: ignore[union-attr]
-    assert np.array_equal(np.abs(got), np.full(n, magnitude)), "every |x̂| is the scale"
-    assert np.array_equal(np.signbit(got), np.signbit(x)), "the sign bit is kept"
-    assert_within(x, got, np.abs(np.abs(x) - magnitude) * (1 + 1e-12), repr(codec))
 
 
 BOUNDS: dict[str, Any] = {
@@ -387,6 +329,7 @@ BOUNDS: dict[str, Any] = {
     "quant4": quant4_bound,
     "example.sign_scale": sign_scale_bound,
 }
+
 
 
 def check(codec: Codec, x: Any) -> None:
@@ -406,7 +349,7 @@ def check(codec: Codec, x: Any) -> None:
     assert msgpack.packb(msgpack.unpackb(packed, raw=False)) == packed, "params must survive msgpack"
     dec = codec.decode(_segments(enc), enc.params, row, n)
     assert isinstance(dec, np.ndarray) and dec.dtype == row.numpy and dec.shape == (n,)
-    BOUNDS[codec.codec_id](codec, flat.astype(np.float64), enc, row.name, dec.astype(np.float64))
+    BOUNDS[codec.codec_id](codec, flat, enc, dec)
 
     policy = tc.Policy({"t": codec}, min_elements=0)
     message = tc.encode({"t": x}, policy=policy)

@@ -87,6 +87,24 @@ class Codec:
         """For an array-to-array stage, the dtype of the "data" segment it hands on; None otherwise."""
         return None
 
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any] | None:
+        """The largest |x - x̂| this codec allows at each element of ``x``, given ``encoded = encode(x)``.
+
+        ``x`` is what ``encode`` was given (flat, of a dtype in ``sources``); x̂ is what ``decode``
+        returns, in that dtype, compared in float64. None means lossless: x̂ has x's bits. Otherwise a
+        float64 array of ``x.size`` entries, each
+        - a number (+inf included): |x - x̂| <= it, where NaN from NaN and ±Inf from the same ±Inf
+          count as exact and any other NaN x̂ fails;
+        - NaN: unconstrained, for inputs the codec documents as unsupported (x̂ may be anything).
+        ``tensorcodec.testing.check_codec`` checks every decode against it.
+        """
+        if self.lossless:
+            return None
+        raise NotImplementedError(
+            f"{type(self).__name__} is lossy and states no error bound: override Codec.error_bound "
+            "(or set lossless = True if its decode gives back the input's bits)"
+        )
+
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         raise NotImplementedError
 
@@ -227,6 +245,48 @@ def finite_range(x: np.ndarray[Any, Any], what: str) -> tuple[float, float]:
             " send this tensor losslessly (policy None)"
         )
     return lo, hi
+
+
+EPS32 = 2.0**-24
+SUB32 = 2.0**-149
+"""fp32's unit roundoff and its smallest subnormal: "plus fp32 rounding" in a bound is a few of each."""
+
+
+def rounding_factor(dtype: Any) -> float:
+    """What the final cast to a source dtype does to a bound: float16/bfloat16 at most double it.
+
+    The source value is itself a candidate of that round-to-nearest, so |r - x| <= |r - y| + |y - x| <= 2 |y - x|.
+    """
+    return 2.0 if np.dtype(dtype).itemsize == 2 else 1.0
+
+
+def per_element(values: np.ndarray[Any, Any], block: int, count: int) -> np.ndarray[Any, Any]:
+    """One value per block (``block`` 0: one for the tensor) repeated for each of ``count`` elements."""
+    return np.repeat(values, block if block else max(count, 1))[:count]
+
+
+def block_absmax(x: np.ndarray[Any, Any], block: int) -> np.ndarray[Any, Any]:
+    """Per-block max |x| in float64 over finite values (0 for an all-non-finite or empty block)."""
+    n = x.size
+    size = block if block else max(n, 1)
+    nblocks = max(1, -(-n // size))
+    padded = np.zeros(nblocks * size)
+    padded[:n] = np.where(np.isfinite(x), np.abs(x), 0.0)
+    out: np.ndarray[Any, Any] = padded.reshape(nblocks, size).max(axis=1)
+    return out
+
+
+def unsupported_blocks(bound: np.ndarray[Any, Any], x32: np.ndarray[Any, Any], block: int) -> np.ndarray[Any, Any]:
+    """``bound`` with every element of a block that holds a non-finite (fp32) value unconstrained (NaN)."""
+    bad = ~np.isfinite(x32)
+    if bad.any():
+        n = x32.size
+        size = block if block else max(n, 1)
+        padded = np.zeros(-(-n // size) * size, dtype=bool)
+        padded[:n] = bad
+        blocks_bad = np.asarray(padded.reshape(-1, size).any(axis=1))
+        bound = np.where(per_element(blocks_bad, block, n), np.nan, bound)
+    return bound
 
 
 def check_source(codec: Codec, dtype: DType) -> None:

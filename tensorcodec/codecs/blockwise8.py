@@ -10,16 +10,26 @@ import numpy as np
 from .. import kernels
 from ..dtypes import DType
 from .base import (
+    EPS32,
+    SUB32,
     Codec,
     DecodeItem,
     Encoded,
+    block_absmax,
     kernel_source,
     kernel_target,
+    per_element,
     register_codec,
     restore,
+    rounding_factor,
     to_host,
     torch_kernel_source,
+    unsupported_blocks,
 )
+
+HALF_GAP = 0.0070468
+"""The bound per unit of absmax: half the largest gap of bitsandbytes' signed dynamic map (0.0140625 / 2),
+plus the slack of its approximate CPU code lookup (``kernels.error_bound("dynamic")``)."""
 
 BLOCKSIZES = (64, 128, 256, 512, 1024, 2048, 4096)
 """The block sizes bitsandbytes' 8-bit blockwise quantization takes."""
@@ -54,6 +64,18 @@ class Blockwise8(Codec):
 
     def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
         return {"codes": ("payload", "uint8", [count]), "absmax": ("meta", "float32", [-(-count // self.blocksize)])}
+
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any]:
+        """absmax_block * (largest gap of the dynamic map) / 2, plus fp32 rounding; 2 * absmax for blocks
+        whose absmax is below 2^-126; blocks holding NaN/Inf are unsupported (unconstrained)."""
+        x64 = x.astype(np.float64)
+        x32 = x.astype(np.float32).astype(np.float64)
+        absmax = per_element(block_absmax(x32, self.blocksize), self.blocksize, x.size)
+        with np.errstate(invalid="ignore"):
+            slack = 4 * EPS32 * absmax + 4 * SUB32 + np.abs(x64 - x32)
+        bound = (absmax * HALF_GAP * (1 + 1e-5) + slack) * rounding_factor(x.dtype)
+        bound = np.where(absmax < 2.0**-126, 2 * absmax + slack, bound)  # 1 / absmax overflows
+        return unsupported_blocks(bound, x32, self.blocksize)
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         codes, absmax = kernels.quantize_blockwise8(kernel_source(x), self.blocksize)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import dtypes
 from ..dtypes import DType
-from .base import Codec, Encoded, float32, register_codec, restore
+from .base import EPS32, SUB32, Codec, Encoded, float32, per_element, register_codec, restore, rounding_factor
 
 
 @register_codec
@@ -51,6 +51,27 @@ class FP8(Codec):
 
     def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]]:
         return {"codes": ("payload", self._dtype.name, [count]), "scale": ("meta", "float32", [self._blocks(count)])}
+
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any]:
+        """scale * 2^-4 * |x/scale| (e4m3) or 2^-3 (e5m2), plus scale * 2^-9 (e4m3) / 2^-16 (e5m2)
+        near zero, plus fp32 rounding; NaN stays NaN, ±Inf stays ±Inf (e5m2) or becomes NaN (e4m3)."""
+        x64 = x.astype(np.float64)
+        rel, sub = (2.0**-4, 2.0**-9) if self.format == "e4m3" else (2.0**-3, 2.0**-16)
+        scale = per_element(encoded.segments["scale"][1].astype(np.float64), self.block, x.size)
+        with np.errstate(invalid="ignore", over="ignore"):
+            to_fp32 = np.abs(x64 - x.astype(np.float32))  # the values are cast to fp32 first
+            bound: np.ndarray[Any, Any] = (
+                rel * np.abs(x64) + scale * sub + 4 * EPS32 * np.abs(x64) + 4 * SUB32 + to_fp32
+            )
+        bound *= rounding_factor(x.dtype)
+        bound[np.isnan(x64)] = 0.0
+        with np.errstate(over="ignore"):
+            infinite = np.isinf(x.astype(np.float32))  # float64 beyond the fp32 range counts as ±Inf
+        if self.format == "e5m2":
+            bound[np.isinf(x64)] = 0.0
+        else:
+            bound[infinite] = np.nan  # e4m3 has no Inf: ±Inf becomes NaN, as documented
+        return bound
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         x32 = float32(x)

@@ -10,7 +10,19 @@ import numpy as np
 
 from ..dtypes import DType
 from ..errors import DecodeError
-from .base import Codec, Encoded, Segments, finite_range, float32, register_codec, restore
+from .base import (
+    EPS32,
+    SUB32,
+    Codec,
+    Encoded,
+    Segments,
+    finite_range,
+    float32,
+    per_element,
+    register_codec,
+    restore,
+    rounding_factor,
+)
 from .bits import pack_bits, packed_size, unpack_bits
 
 
@@ -66,6 +78,19 @@ class MinMax(Codec):
         twin = MinMax(self.bits, self.block, self.stochastic, self.seed)
         twin._stream_hint = zlib.crc32(name.encode())
         return twin
+
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any]:
+        """(max - min) / (2^bits - 1) / 2 (nearest) or < (max - min) / (2^bits - 1) (stochastic),
+        plus fp32 rounding, with the range each block sent; NaN/Inf are refused by encode."""
+        n = x.size
+        x64 = x.astype(np.float64)
+        ranges = encoded.segments["range"][1].astype(np.float64).reshape(-1, 2)
+        lo = per_element(ranges[:, 0], self.block, n)
+        hi = per_element(ranges[:, 1], self.block, n)
+        step = (hi - lo) / ((1 << self.bits) - 1)
+        slack = 8 * EPS32 * (np.abs(lo) + np.abs(hi)) + 4 * SUB32 + np.abs(x64 - x.astype(np.float32))
+        bound: np.ndarray[Any, Any] = (step * (1.0 if self.stochastic else 0.5) + slack) * rounding_factor(x.dtype)
+        return bound
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         x32 = float32(x)

@@ -11,18 +11,28 @@ import numpy as np
 from .. import kernels
 from ..dtypes import DType
 from .base import (
+    EPS32,
+    SUB32,
     Codec,
     DecodeItem,
     Encoded,
     Segments,
+    block_absmax,
     kernel_source,
     kernel_target,
+    per_element,
     register_codec,
     restore,
+    rounding_factor,
     to_host,
     torch_kernel_source,
+    unsupported_blocks,
 )
 from .bits import packed_size
+
+HALF_GAPS = {"nf4": 0.3038072 / 2, "fp4": (1 - 0.6666667) / 2}
+"""The bound per unit of absmax: half the largest gap of bitsandbytes' 16-entry nf4 and fp4 tables
+(both include -1 and 1; ``kernels.error_bound``)."""
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 """The block sizes bitsandbytes' 4-bit quantization takes."""
@@ -75,6 +85,32 @@ class Quant4(Codec):
 
     def predicted_params(self) -> dict[str, Any]:
         return {"offset": 0.0} if self.double_quant else {}
+
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any]:
+        """absmax_block * (largest gap of the table) / 2, plus the error of the quantized absmax, plus fp32
+        rounding; 2 * absmax for blocks whose absmax is below 2^-126; blocks holding NaN/Inf are
+        unsupported (unconstrained)."""
+        x64 = x.astype(np.float64)
+        x32 = x.astype(np.float32).astype(np.float64)
+        true = block_absmax(x32, self.blocksize)
+        seg = encoded.segments
+        if self.double_quant:
+            offset = np.float32(encoded.params["offset"])
+            sent: np.ndarray[Any, Any] = np.asarray(
+                kernels.dequantize_absmax(offset, seg["absmax_codes"][1], seg["absmax_scale"][1])
+            )
+        else:
+            sent = seg["absmax"][1]
+        sent = sent.astype(np.float64).reshape(-1)[: true.size]
+        if sent.size < true.size:  # an empty tensor sends no statistics
+            sent = np.concatenate([sent, np.zeros(true.size - sent.size)])
+        absmax = per_element(true, self.blocksize, x.size)
+        absmax_err = per_element(np.abs(sent - true), self.blocksize, x.size)
+        with np.errstate(invalid="ignore"):
+            slack = 4 * EPS32 * absmax + 4 * SUB32 + np.abs(x64 - x32)
+        bound = (absmax * HALF_GAPS[self.quant_type] * (1 + 1e-5) + absmax_err + slack) * rounding_factor(x.dtype)
+        bound = np.where(absmax < 2.0**-126, 2 * absmax + absmax_err + slack, bound)  # 1 / absmax overflows
+        return unsupported_blocks(bound, x32, self.blocksize)
 
     def encode(self, x: np.ndarray[Any, Any]) -> Encoded:
         if x.size == 0:  # nothing to quantize (the kernels need a block); the layout of an empty tensor
