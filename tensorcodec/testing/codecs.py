@@ -296,7 +296,10 @@ def check_config(codec: Codec) -> None:
         text = json.dumps(config)
     except (TypeError, ValueError) as e:
         raise AssertionError(f"{codec!r}: get_config() is not JSON-able: {e}") from None
-    twin = cls.from_config(json.loads(text))
+    try:
+        twin = cls.from_config(json.loads(text))
+    except Exception as e:
+        raise AssertionError(f"{codec!r}: from_config({config!r}) raised {type(e).__name__}: {e}") from None
     if twin != codec or hash(twin) != hash(codec) or repr(twin) != repr(codec):
         raise AssertionError(
             f"{codec!r}: from_config(json of get_config()) gives {twin!r}"
