@@ -47,7 +47,7 @@ def test_fixed_cases(codec: Codec, dtype: str) -> None:
 
 @pytest.mark.usefixtures("kernel_impl")
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
-@pytest.mark.parametrize("codec", [*QUANT4_CODECS, Quant4("fp4", 64), Quant4("nf4", 4096, False)], ids=repr)
+@pytest.mark.parametrize("codec", [*QUANT4_CODECS, Quant4("fp4", 256), Quant4("nf4", 4096, False)], ids=repr)
 def test_check_codec(codec: Codec) -> None:
     """The shared contract checker (``tensorcodec.testing.check_codec``) passes."""
     check_codec(codec)
