@@ -44,6 +44,12 @@ class SignScale(tc.Codec):
     def predicted_params(self) -> dict[str, Any]:
         return {"scale": 0.0}  # any float packs to the same 9 bytes
 
+    def error_bound(self, x: np.ndarray[Any, Any], encoded: tc.Encoded) -> np.ndarray[Any, Any]:
+        """| |x| - scale | at each element, with the scale as the source dtype holds it."""
+        scale = float(np.array(encoded.params["scale"]).astype(x.dtype))
+        bound: np.ndarray[Any, Any] = np.abs(np.abs(x.astype(np.float64)) - scale) * (1 + 1e-12)
+        return bound
+
     def encode(self, x: np.ndarray[Any, Any]) -> tc.Encoded:
         x64 = x.astype(np.float64)
         if x.size == 0:

@@ -2,8 +2,9 @@
 
 ``assert_bitwise_equal`` and ``assert_tree_equal`` need only numpy (torch when
 given torch tensors). The hypothesis strategies live in
-``tensorcodec.testing.strategies``, which needs hypothesis; this module does
-not import it, so ``import tensorcodec.testing`` works without hypothesis.
+``tensorcodec.testing.strategies`` and ``check_codec`` (the codec contract's
+checker) in ``tensorcodec.testing.codecs``; both need hypothesis, which this
+module does not import, so ``import tensorcodec.testing`` works without it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import numpy as np
 from .. import dtypes as _dtypes
 from ..dtypes import DType
 
-__all__ = ["assert_bitwise_equal", "assert_tree_equal", "raw_bytes", "wire_dtype"]
+__all__ = ["assert_bitwise_equal", "assert_tree_equal", "check_codec", "raw_bytes", "wire_dtype"]
+
+
+def __getattr__(name: str) -> Any:
+    # check_codec needs hypothesis, which this module does not: import it on first use.
+    if name == "check_codec":
+        from .codecs import check_codec
+
+        return check_codec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_torch(x: Any) -> bool:
