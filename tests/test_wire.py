@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import tensorcodec as tc
 from tensorcodec import wire
 from tensorcodec.testing import assert_tree_equal, strategies
-from tensorcodec.tree import _plain_walk_tables
+from tensorcodec.wire.tree import walk_tables
 
 SMALL = {"a": np.arange(5, dtype=np.int16), "b": [np.float32(1.5), (np.zeros(0),)], "c": torch.ones(3)}
 
@@ -672,7 +672,7 @@ def _tensor_bytes(data: bytes) -> Any:
     t = torch.tensor(list(data), dtype=torch.uint8)
     if FASTWIRE is None:
         return t.numpy()
-    done = FASTWIRE.plain_walk({"t": t}, 64, *_plain_walk_tables())
+    done = FASTWIRE.plain_walk({"t": t}, 64, walk_tables())
     assert done is not None
     return done[1][0].data
 
