@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from . import _c, dtypes
-from .codecs import Codec, Encoded, encode_chain
+from .codecs import BuiltCodecs, Codec, Encoded, build_codec, decode_batch, decode_segments, encode_chain
+from .dtypes import DType
 from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
-from .materialize import BATCH_MAX_ELEMENTS, Framework, MessageTensors, kinds_of
+from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
 from .policy import Policy, Precision
 from .wire.header import (
     ALIGN,
@@ -25,6 +26,7 @@ from .wire.header import (
     DEFAULT_LIMITS,
     ROLES,
     ZEROS,
+    Entry,
     Limits,
     Rope,
     copy_frames,
@@ -35,7 +37,10 @@ from .wire.tree import flatten, unflatten
 
 __all__ = ["encode", "encode_frames", "encode_into", "decode", "encode_leaf", "Framework"]
 
-_BATCH_MAX_ELEMENTS = BATCH_MAX_ELEMENTS  # the name tests/test_batches.py reads
+_BATCH_MAX_ELEMENTS = 1 << 16
+"""Tensors up to this size that share a codec are encoded (and decoded) in one batch call (per-call overhead)."""
+_DECODE_BATCH = 256
+"""Most tensors per ``decode_batch`` call."""
 
 
 def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Any]]:
@@ -256,5 +261,87 @@ def decode(
     kinds_of(framework)  # a wrong framework is refused before the message is read
     rope = Rope(data)
     header = parse_message(rope, limits, verify)  # every rule checked before any tensor is built
-    tensors = MessageTensors(header, rope, framework, copy, device)
+    coded = _Coded(header.entries, header.offsets, rope)
+    tensors = MessageTensors(header, rope, framework, copy, device, coded.tensor)
     return unflatten(header.tree, tensors.tensor, len(header.entries), limits.max_depth, tensors.routes())
+
+
+class _Coded:
+    """The encoded tensors of one message, for one decode call.
+
+    At the first one asked for, the small single-stage ones are decoded in batches: one
+    ``decode_batch`` call per codec config and dtype, since per-call overhead dominates small
+    tensors. A batch that fails is left to the one-by-one path, whose error names the tensor.
+    """
+
+    def __init__(self, entries: list[Entry], offsets: list[int], rope: Rope) -> None:
+        self.entries = entries
+        self.offsets = offsets
+        self.rope = rope
+        self.built: BuiltCodecs = {}
+        self.done: dict[int, np.ndarray[Any, Any]] | None = None
+
+    def tensor(self, index: int, make: Materializer, kind: int) -> Any:
+        if self.done is None:
+            self.done = self._batches()
+        entry = self.entries[index]
+        flat = self.done.pop(index, None)  # once: a reference of another kind gets arrays of its own
+        if flat is None:
+            segments = _segment_views(entry, self.offsets, self.rope)
+            count = entry.nbytes // entry.dtype.itemsize
+            flat = decode_segments(entry.stages, segments, entry.dtype, count, self.built)
+        return converted(flat, entry, make, kind)
+
+    def _batches(self) -> dict[int, np.ndarray[Any, Any]]:
+        done: dict[int, np.ndarray[Any, Any]] = {}
+        for (codec_id, _, dtype), members in self._groups().items():
+            if len(members) > 1:
+                # In slices, so that the per-tensor objects of a call die young: the garbage
+                # collector's full passes, costly in a process that holds torch, come less often.
+                for k in range(0, len(members), _DECODE_BATCH):
+                    self._batch(codec_id, dtype, members[k : k + _DECODE_BATCH], done)
+        return done
+
+    def _groups(self) -> dict[tuple[str, str, DType], list[int]]:
+        """Small single-stage entries by codec id, config and dtype."""
+        groups: dict[tuple[str, str, DType], list[int]] = {}
+        for i, entry in enumerate(self.entries):
+            if len(entry.stages) == 1 and entry.nbytes <= _BATCH_MAX_ELEMENTS * entry.dtype.itemsize:
+                codec_id, config, _ = entry.stages[0]
+                try:
+                    key = (codec_id, repr(config), entry.dtype)  # repr tells 1, 1.0 and True apart
+                except RecursionError:  # a hostile, deeply nested config: the one-by-one path refuses it
+                    continue
+                groups.setdefault(key, []).append(i)
+        return groups
+
+    def _batch(self, codec_id: str, dtype: DType, members: list[int], done: dict[int, Any]) -> None:
+        """Decodes ``members`` into ``done`` by one call, or leaves them all to the one-by-one path."""
+        entries = self.entries
+        try:
+            codec = build_codec(codec_id, entries[members[0]].stages[0][1], self.built)
+            items = [
+                (
+                    _segment_views(entries[i], self.offsets, self.rope),
+                    entries[i].stages[0][2],
+                    entries[i].nbytes // dtype.itemsize,
+                )
+                for i in members
+            ]
+            done.update(zip(members, decode_batch(codec, items, dtype), strict=True))
+        except Exception:  # whatever failed, the one-by-one path raises it again, naming its tensor
+            return
+
+
+def _segment_views(entry: Entry, offsets: list[int], rope: Rope) -> dict[str, np.ndarray[Any, Any]]:
+    """Read-only views of an encoded tensor's segments, by name."""
+    segments = {}
+    first = entry.first_segment
+    single = rope.parts[0] if len(rope.parts) == 1 and LITTLE else None
+    for j, seg in enumerate(entry.segments):
+        if single is not None and seg.nbytes:  # (positional: np.ndarray parses keywords three times slower)
+            segments[seg.name] = np.ndarray(seg.shape, seg.dtype.numpy, single, offsets[first + j])
+        else:
+            buf, offset, _ = rope.locate(offsets[first + j], seg.nbytes)
+            segments[seg.name] = Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, offset)
+    return segments

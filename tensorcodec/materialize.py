@@ -4,7 +4,7 @@
 (``copy=False``) or an owned, writable copy (``copy=True``), on ``device`` where asked.
 ``MessageTensors`` does it for the tensors of one parsed (and so already validated) message,
 as the tree refers to them: the tables from which the C tree decoder answers references
-(``Route``), the views of the one-buffer sweep, and the encoded tensors decoded in batches.
+(``Route``) and the views of the one-buffer sweep; encoded tensors it asks of the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any, Literal
 import numpy as np
 
 from . import _c, dtypes
-from .codecs import BuiltCodecs, build_codec, decode_batch, decode_segments
 from .dtypes import DType
 from .errors import DecodeError
 from .leaves import LITTLE, NUMPY, NUMPY_NATIVE, SCALAR, TORCH
@@ -28,7 +27,8 @@ from .wire.tree import NO_ROUTES, Route
 __all__ = [
     "Framework",
     "KINDS",
-    "BATCH_MAX_ELEMENTS",
+    "CodedTensor",
+    "converted",
     "Materializer",
     "MessageTensors",
     "kinds_of",
@@ -39,10 +39,8 @@ __all__ = [
 
 Framework = Literal["numpy", "torch"]
 
-BATCH_MAX_ELEMENTS = 1 << 16
-"""Tensors up to this size that share a codec are encoded (and decoded) in one batch call (per-call overhead)."""
-_DECODE_BATCH = 256
-"""Most tensors per ``decode_batch`` call."""
+CodedTensor = Callable[[int, "Materializer", int], Any]
+"""``coded(index, make, kind)``: an encoded tensor of the message, decoded (the codecs' part; see core)."""
 
 # torch warns when it wraps memory it may not write; copy=False hands out such
 # views on purpose and says so in its documentation.
@@ -242,7 +240,9 @@ class MessageTensors:
     per kind it is asked for.
     """
 
-    def __init__(self, header: Header, rope: Rope, framework: str | None, copy: bool, device: Any) -> None:
+    def __init__(
+        self, header: Header, rope: Rope, framework: str | None, copy: bool, device: Any, coded: CodedTensor
+    ) -> None:
         self.kinds = kinds_of(framework)
         self.entries = entries = header.entries
         self.offsets = offsets = header.offsets
@@ -251,7 +251,7 @@ class MessageTensors:
         self.make = Materializer(copy, device)
         self.single = single = rope.parts[0] if len(rope.parts) == 1 else None
         self.cache: dict[int, Any] = {}
-        self.coded = _Coded(entries, offsets, rope)
+        self.coded = coded
         self.views: list[Any] = []
         if single is None and LITTLE:
             self.views = _frame_views(entries, offsets, rope, framework)
@@ -304,7 +304,7 @@ class MessageTensors:
     def _materialize(self, entry: Entry, index: int, kind: int, view: Any) -> Any:
         make = self.make
         if entry.stages:
-            return self.coded.tensor(index, make, kind)
+            return self.coded(index, make, kind)
         if view is not None:
             if kind == NUMPY:
                 return view.copy()  # (copy=True: views were returned as they are)
@@ -346,16 +346,17 @@ def _routes(
     copy = make.copy
     # The tables of a kind are laid out only when the tree first refers to a tensor of that kind.
     by_kind: dict[int, Route] = {
-        NUMPY: ([None] * n, views, np.ndarray.copy)
+        NUMPY: Route([None] * n, views, np.ndarray.copy)
         if copy
-        else (views, lambda: _lazy_views(views, entries, offsets, single), None)
+        else Route(views, functools.partial(_lazy_views, views, entries, offsets, single), None)
     }
     if wrap:
         # torch is imported only when a tensor asks for it: until then, a wrapper that imports it.
         imported = sys.modules.get("torch") is not None
         convert = _from_numpy_copy if copy else torch_from_numpy_fn() if imported else torch_from_numpy
         strided = make if imported and not copy else None
-        by_kind[TORCH] = ([None] * n, lambda: _torch_sources(views, entries, offsets, single, strided), convert)
+        sources = functools.partial(_torch_sources, views, entries, offsets, single, strided)
+        by_kind[TORCH] = Route([None] * n, sources, convert)
     return (None, *(by_kind.get(kinds[code]) for code in (NUMPY, TORCH, SCALAR)))
 
 
@@ -453,88 +454,7 @@ def _frame_views(entries: list[Entry], offsets: list[int], rope: Rope, framework
     return views
 
 
-class _Coded:
-    """The encoded tensors of one message, for one decode call.
-
-    At the first one asked for, the small single-stage ones are decoded in batches: one
-    ``decode_batch`` call per codec config and dtype, since per-call overhead dominates small
-    tensors. A batch that fails is left to the one-by-one path, whose error names the tensor.
-    """
-
-    def __init__(self, entries: list[Entry], offsets: list[int], rope: Rope) -> None:
-        self.entries = entries
-        self.offsets = offsets
-        self.rope = rope
-        self.built: BuiltCodecs = {}
-        self.done: dict[int, np.ndarray[Any, Any]] | None = None
-
-    def tensor(self, index: int, make: Materializer, kind: int) -> Any:
-        if self.done is None:
-            self.done = self._batches()
-        entry = self.entries[index]
-        flat = self.done.pop(index, None)  # once: a reference of another kind gets arrays of its own
-        if flat is None:
-            segments = _segment_views(entry, self.offsets, self.rope)
-            count = entry.nbytes // entry.dtype.itemsize
-            flat = decode_segments(entry.stages, segments, entry.dtype, count, self.built)
-        return _converted(flat, entry, make, kind)
-
-    def _batches(self) -> dict[int, np.ndarray[Any, Any]]:
-        done: dict[int, np.ndarray[Any, Any]] = {}
-        for (codec_id, _, dtype), members in self._groups().items():
-            if len(members) > 1:
-                # In slices, so that the per-tensor objects of a call die young: the garbage
-                # collector's full passes, costly in a process that holds torch, come less often.
-                for k in range(0, len(members), _DECODE_BATCH):
-                    self._batch(codec_id, dtype, members[k : k + _DECODE_BATCH], done)
-        return done
-
-    def _groups(self) -> dict[tuple[str, str, DType], list[int]]:
-        """Small single-stage entries by codec id, config and dtype."""
-        groups: dict[tuple[str, str, DType], list[int]] = {}
-        for i, entry in enumerate(self.entries):
-            if len(entry.stages) == 1 and entry.nbytes <= BATCH_MAX_ELEMENTS * entry.dtype.itemsize:
-                codec_id, config, _ = entry.stages[0]
-                try:
-                    key = (codec_id, repr(config), entry.dtype)  # repr tells 1, 1.0 and True apart
-                except RecursionError:  # a hostile, deeply nested config: the one-by-one path refuses it
-                    continue
-                groups.setdefault(key, []).append(i)
-        return groups
-
-    def _batch(self, codec_id: str, dtype: DType, members: list[int], done: dict[int, Any]) -> None:
-        """Decodes ``members`` into ``done`` by one call, or leaves them all to the one-by-one path."""
-        entries = self.entries
-        try:
-            codec = build_codec(codec_id, entries[members[0]].stages[0][1], self.built)
-            items = [
-                (
-                    _segment_views(entries[i], self.offsets, self.rope),
-                    entries[i].stages[0][2],
-                    entries[i].nbytes // dtype.itemsize,
-                )
-                for i in members
-            ]
-            done.update(zip(members, decode_batch(codec, items, dtype), strict=True))
-        except Exception:  # whatever failed, the one-by-one path raises it again, naming its tensor
-            return
-
-
-def _segment_views(entry: Entry, offsets: list[int], rope: Rope) -> dict[str, np.ndarray[Any, Any]]:
-    """Read-only views of an encoded tensor's segments, by name."""
-    segments = {}
-    first = entry.first_segment
-    single = rope.parts[0] if len(rope.parts) == 1 and LITTLE else None
-    for j, seg in enumerate(entry.segments):
-        if single is not None and seg.nbytes:  # (positional: np.ndarray parses keywords three times slower)
-            segments[seg.name] = np.ndarray(seg.shape, seg.dtype.numpy, single, offsets[first + j])
-        else:
-            buf, offset, _ = rope.locate(offsets[first + j], seg.nbytes)
-            segments[seg.name] = Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, offset)
-    return segments
-
-
-def _converted(flat: np.ndarray[Any, Any], entry: Entry, make: Materializer, kind: int) -> Any:
+def converted(flat: np.ndarray[Any, Any], entry: Entry, make: Materializer, kind: int) -> Any:
     """A decoded tensor's values in its shape and the requested framework."""
     arr = flat.reshape(entry.shape)
     if kind == SCALAR:

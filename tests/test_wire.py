@@ -259,7 +259,7 @@ def test_trailing_bytes() -> None:
 
 @pytest.mark.parametrize("n_tensors", [2, 12, 300])
 def test_nonzero_padding_is_refused(n_tensors: int, wire_impl: str) -> None:
-    """The C check, and in Python both the per-gap check and the vectorized one used for many gaps."""
+    """The C check and the Python one, for few and many gaps."""
     obj = [np.arange(3, dtype=np.int8) for _ in range(n_tensors)]
     message = tc.encode(obj)
     hlen = int.from_bytes(message[8:12], "little")

@@ -476,10 +476,6 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     return Header(entries, tree, offsets, checksum, checksums)
 
 
-_PADDING_LOOP_MAX = 256
-"""Up to this many padding runs a plain loop is cheaper than a vectorized check."""
-
-
 def copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:
     """``b"".join(frames)`` written into ``dst``, a writable uint8 array at least as long."""
     fast = _c.wire()
@@ -506,16 +502,6 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
         if first >= 0:
             raise _fail(f"padding byte at offset {first} is not zero")
         return
-    if len(rope.parts) == 1 and len(gaps) > 2 * _PADDING_LOOP_MAX:
-        runs = np.array(gaps, dtype=np.int64).reshape(-1, 2)
-        starts, lens = runs[:, 0], runs[:, 1]
-        # Indices of all padding bytes at once: a ragged arange.
-        index = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-        bad = np.flatnonzero(np.frombuffer(rope.parts[0], dtype=np.uint8)[index])
-        if bad.size == 0:
-            return
-        first = int(index[bad[0]])
-        raise _fail(f"padding byte at offset {first} is not zero")
     parts, part_starts = rope.parts, rope.starts
     last = len(parts) - 1
     p = 0
