@@ -5,7 +5,7 @@
  * reference: for a message of many small tensors, or a cache-cold decode of a few big ones,
  * those calls cost more than everything else decode does. `unpack_tree` reads the common subset
  * of the tree (maps with str keys, arrays, str, bin, ints, floats, bool, nil and tensor
- * references) directly and answers each reference from tables that core.decode lays out (each
+ * references) directly and answers each reference from tables that materialize.MessageTensors lays out (each
  * kind's when first needed). wire/header.py reads the header map with it too; `strided_sources` is the
  * loop that lays out the torch table of dtypes numpy lacks.
  *
@@ -422,7 +422,7 @@ static PyObject *contiguous_strides(PyObject *shape)
 
 /* strided_sources(views, entries, offsets, plan) -> sources
  *
- * core._torch_sources' loop: for each wire.Entry (dtype, shape, nbytes, stages, segments,
+ * materialize._torch_sources' loop: for each wire.Entry (dtype, shape, nbytes, stages, segments,
  * first_segment), plan[dtype] says where its torch answer comes from: True, views[i]; a pair
  * (as_strided, itemsize), the call (as_strided, shape, C-order strides, element offset) for a raw,
  * non-empty entry; None or absent, None (the decoder calls back). */
@@ -486,7 +486,7 @@ static PyObject *strided_sources(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"unpack_tree", unpack_tree, METH_VARARGS, "The message tree from its msgpack bytes, or None (see wire/tree.py)."},
-    {"strided_sources", strided_sources, METH_VARARGS, "core._torch_sources' loop over the tensor table."},
+    {"strided_sources", strided_sources, METH_VARARGS, "materialize._torch_sources' loop over the tensor table."},
     {NULL, NULL, 0, NULL},
 };
 
