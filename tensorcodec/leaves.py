@@ -31,6 +31,9 @@ __all__ = [
     "leaf_from_numpy",
     "leaf_from_torch",
     "device_leaf",
+    "encoded_leaf",
+    "array_leaf",
+    "tensor_leaf",
     "values",
 ]
 
@@ -61,6 +64,33 @@ EMPTY = np.empty(0, dtype=np.uint8)
 def new_leaf(kind: int, row: DType, shape: tuple[int, ...], data: Any, encoded: Any = None) -> Leaf:
     """A Leaf, built without NamedTuple's argument parsing (encode builds one per tensor)."""
     return tuple.__new__(Leaf, (kind, row, shape, data, encoded))
+
+
+def encoded_leaf(encoded: Any, kind: int) -> Leaf:
+    """The leaf of a ``codecs.Quantized`` placed in a tree: sent as it is, no bytes of its own."""
+    return new_leaf(kind, encoded.dtype, encoded.shape, EMPTY, encoded)
+
+
+def array_leaf(arr: np.ndarray[Any, Any]) -> Leaf | None:
+    """Leaf of a numpy array (or subclass) met in a tree, or None if its dtype cannot travel."""
+    row = dtypes.BY_NUMPY.get(arr.dtype)
+    if row is not None and row.name in NUMPY_NATIVE and arr.flags.c_contiguous and LITTLE:
+        # The common case in a few attribute reads: a native-endian contiguous array, kept as it is.
+        return new_leaf(NUMPY, row, arr.shape, arr if arr.size else EMPTY)
+    return leaf_from_numpy(arr if type(arr) is np.ndarray else arr.view(np.ndarray))
+
+
+def tensor_leaf(t: Any) -> Leaf | None:
+    """Leaf of a torch tensor met in a tree (as ``leaf_from_torch``, the common case cheaply)."""
+    row = dtypes.from_torch(t.dtype)
+    if row is not None and row.name in NUMPY_NATIVE and LITTLE:
+        try:
+            arr = t.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
+        except (RuntimeError, TypeError):
+            arr = None
+        if arr is not None and arr.flags.c_contiguous:
+            return new_leaf(TORCH, row, arr.shape, arr if arr.size else EMPTY)
+    return leaf_from_torch(t)
 
 
 def device_leaf(t: Any) -> Leaf | None:

@@ -27,20 +27,20 @@ import numpy as np
 
 from .. import _c, dtypes
 from ..codecs import Quantized
-from ..dtypes import BY_NUMPY, DType
+from ..dtypes import DType
 from ..errors import DecodeError
 from ..leaves import (
     EMPTY,
-    LITTLE,
     NUMPY,
     NUMPY_NATIVE,
     SCALAR,
     TORCH,
     Leaf,
+    array_leaf,
     device_leaf,
+    encoded_leaf,
     leaf_from_numpy,
-    leaf_from_torch,
-    new_leaf,
+    tensor_leaf,
 )
 from . import header as wire
 
@@ -119,7 +119,6 @@ class _Flattener:
         torch = sys.modules.get("torch")  # a torch tensor implies torch is imported
         self._tensor_type: Any = torch.Tensor if torch is not None else ()
         self._tensor_exact = (torch.Tensor, torch.nn.Parameter) if torch is not None else ()
-        self._by_torch = dtypes.torch_table() if torch is not None else {}
 
     def walk(self, obj: Any, depth: int) -> Any:
         t = type(obj)
@@ -192,7 +191,7 @@ class _Flattener:
             return self._add(leaf_from_numpy(obj, SCALAR), obj, SCALAR)
         if isinstance(obj, Quantized):
             kind = TORCH if obj.framework == "torch" else NUMPY
-            return self._add(new_leaf(kind, obj.dtype, obj.shape, EMPTY, obj), obj, kind)
+            return self._add(encoded_leaf(obj, kind), obj, kind)
         return self._torch_leaf(obj)
 
     def _numpy_leaf(self, obj: np.ndarray[Any, Any]) -> msgpack.ExtType:
@@ -200,14 +199,7 @@ class _Flattener:
         if seen is not None:
             return _ref(NUMPY, seen[1])
         self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
-        row = BY_NUMPY.get(obj.dtype)
-        leaf: Leaf | None
-        if row is not None and row.name in NUMPY_NATIVE and obj.flags.c_contiguous and LITTLE:
-            # The common case in a few attribute reads: a native-endian contiguous array, kept as it is.
-            leaf = new_leaf(NUMPY, row, obj.shape, obj if obj.size else EMPTY)
-        else:
-            leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
-        return self._add(leaf, obj, NUMPY)
+        return self._add(array_leaf(obj), obj, NUMPY)
 
     def _torch_leaf(self, obj: Any) -> msgpack.ExtType:
         # Tensors sharing storage, offset and layout (tied weights) are sent once.
@@ -231,15 +223,6 @@ class _Flattener:
                     ):
                         return _ref(TORCH, index)
                 same_ptr.append((obj, len(self.leaves)))
-        row = self._by_torch.get(obj.dtype)
-        if row is not None and row.name in NUMPY_NATIVE and LITTLE:
-            # The common case cheaply: a contiguous CPU tensor of a dtype numpy has.
-            try:
-                arr = obj.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
-            except (RuntimeError, TypeError):
-                arr = None
-            if arr is not None and arr.flags.c_contiguous:
-                return self._add(new_leaf(TORCH, row, arr.shape, arr if arr.size else EMPTY), obj, TORCH)
         leaf: Leaf | None
         if self.devices is not None and obj.device.type not in ("cpu", "meta"):
             leaf = device_leaf(obj)
@@ -247,7 +230,7 @@ class _Flattener:
                 self.devices[len(self.leaves)] = obj
         else:
             try:
-                leaf = leaf_from_torch(obj)
+                leaf = tensor_leaf(obj)
             except TypeError as e:
                 raise _PathError(TypeError, str(e)) from None
         return self._add(leaf, obj, TORCH)
