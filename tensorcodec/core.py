@@ -10,7 +10,7 @@ layout, padding, checksums) before any tensor is built, then unpack the tree, wh
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from .wire.header import (
 )
 from .wire.tree import flatten, unflatten
 
-__all__ = ["encode", "encode_frames", "encode_into", "decode", "encode_leaf", "Framework"]
+__all__ = ["encode", "encode_frames", "encode_into", "decode", "encode_leaf", "WireTensor", "Framework"]
 
 _BATCH_MAX_ELEMENTS = 1 << 16
 """Tensors up to this size that share a codec are encoded (and decoded) in one batch call (per-call overhead)."""
@@ -97,9 +97,18 @@ def _encode_batches(
     return out
 
 
+class WireTensor(NamedTuple):
+    """One tensor as it goes on the wire: what ``encode_leaf`` gives."""
+
+    entry: list[Any]
+    """Its tensor-table entry."""
+    segments: list[Any]
+    """Its segments' bytes, in order (buffers with ``nbytes``)."""
+
+
 def encode_leaf(
     chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None, done: Encoded | None = None
-) -> tuple[list[Any], list[Any]]:
+) -> WireTensor:
     """Header entry and segment bytes of one tensor, raw or encoded by a chain of codecs.
 
     A tensor left on an accelerator (``device_tensor``) is quantized there when
@@ -117,7 +126,7 @@ def encode_leaf(
             if device_tensor is not None:
                 leaf = leaf_from_torch(device_tensor)  # type: ignore[assignment]
             if chain is None:
-                return [leaf.dtype.name, leaf.shape], [leaf.data]
+                return tuple.__new__(WireTensor, ([leaf.dtype.name, leaf.shape], [leaf.data]))
             stages, produced = encode_chain(chain, values(leaf))
     except (TypeError, ValueError) as e:
         raise type(e)(f"tensor {name!r}: {e}") from None
@@ -132,7 +141,7 @@ def encode_leaf(
             data.append(arr)  # exports its bytes as they are, like a raw leaf
         else:
             data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
-    return [leaf.dtype.name, leaf.shape, stages, described], data
+    return tuple.__new__(WireTensor, ([leaf.dtype.name, leaf.shape, stages, described], data))
 
 
 def encode_frames(

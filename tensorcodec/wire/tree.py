@@ -46,6 +46,7 @@ from . import header as wire
 
 __all__ = [
     "flatten",
+    "Flat",
     "unflatten",
     "format_path",
     "named_leaves",
@@ -264,9 +265,18 @@ def _pack(obj: Any) -> bytes:
     return wire.packb(obj)
 
 
-def flatten(
-    obj: Any, max_depth: int, names: bool = False, devices: dict[int, Any] | None = None
-) -> tuple[bytes, list[Leaf], list[str] | None]:
+class Flat(NamedTuple):
+    """A flattened tree: what ``flatten`` gives."""
+
+    tree: bytes
+    """The tree's msgpack bytes, tensors replaced by references."""
+    leaves: list[Leaf]
+    """The tensors, in table order."""
+    names: list[str] | None
+    """Their dotted paths, where asked for."""
+
+
+def flatten(obj: Any, max_depth: int, names: bool = False, devices: dict[int, Any] | None = None) -> Flat:
     """msgpack bytes of the tree, its tensors in table order and (if ``names``) their dotted paths.
 
     With ``devices``, tensors on an accelerator get an empty leaf and are
@@ -278,13 +288,13 @@ def flatten(
     if fast is not None and not names and devices is None:
         done = fast.plain_walk(obj, max_depth, walk_tables())
         if done is not None:
-            return _pack(done[0]), done[1], None
+            return Flat(_pack(done[0]), done[1], None)
     f = _Flattener(max_depth, names, devices)
     try:
         tree = f.walk(obj, 0)
     except _PathError as e:
         raise e.exc_type(f"{format_path(e.path[::-1])}: {e.message}") from None
-    return _pack(tree), f.leaves, f.names
+    return Flat(_pack(tree), f.leaves, f.names)
 
 
 class WalkTables(NamedTuple):
