@@ -64,7 +64,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads
 
 import tensorcodec as tc
-from tensorcodec import tree, wire
+from tensorcodec import wire
+from tensorcodec.wire import tree
 
 # Zero-copy decoders hand out tensors over read-only memory on purpose; the
 # tables report aliasing explicitly instead of torch's warning.

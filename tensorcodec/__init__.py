@@ -23,7 +23,7 @@ from .dtypes import DTYPES, DType
 from .errors import ChecksumError, DecodeError, UnknownCodecError
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
 from .stream import DEFAULT_MAX_FRAME_BYTES, StreamDecoder, StreamTensor, decode_stream, dump, encode_stream, load
-from .wire import Limits
+from .wire.header import Limits
 
 __all__ = [
     "__version__",

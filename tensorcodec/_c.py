@@ -13,16 +13,26 @@ set at import, in which case none is imported until ``set_native(True)`` asks fo
 run-time switch, :func:`set_native`, governs every C path at once. Callers ask this module for an
 extension (``kernels()``, ``wire()``, ``tree()``) each time they need one and take the Python path
 on None; this module knows no codec, no format and no tree.
+
+It also offers :func:`fresh_bytes`, huge-page backed output memory through CPython's own API
+(ctypes, no extension of ours), for the Python path of ``encode``; ``_fastwire.join_bytes`` does the
+same in C.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import importlib
 import importlib.util
 import os
+import sys
 from types import ModuleType
+from typing import Any
 
-__all__ = ["set_native", "native_enabled", "native_available", "kernels", "wire", "tree"]
+import numpy as np
+
+__all__ = ["set_native", "native_enabled", "native_available", "kernels", "wire", "tree", "fresh_bytes"]
 
 _NAMES = ("_native", "_fastwire", "_fasttree")
 
@@ -94,6 +104,51 @@ def wire() -> ModuleType | None:
 def tree() -> ModuleType | None:
     """The C tree decoder (``tensorcodec._fasttree``), or None when switched off or not built."""
     return _active["_fasttree"]
+
+
+def fresh_bytes(size: int) -> tuple[bytes, np.ndarray[Any, Any]] | None:
+    """An uninitialised bytes object of ``size`` and a writable view of it, backed by huge pages.
+
+    Writing into freshly allocated 4 KiB pages runs at ~1.7 GB/s here (a page
+    fault per page); asking for transparent huge pages before the first touch
+    makes the one copy into the message 3-4x faster. This is what C extensions
+    do with PyBytes_FromStringAndSize(NULL, n): the object is filled before
+    anyone sees it. Returns None where that API is unavailable (not CPython).
+    """
+    api = _bytes_api()
+    if api is None:
+        return None
+    new, madvise = api
+    out = new(None, size)
+    address = ctypes.cast(ctypes.c_char_p(out), ctypes.c_void_p).value
+    if address is None:
+        return None
+    huge = 2 << 20
+    start, end = (address + huge - 1) & -huge, (address + size) & -huge
+    if madvise is not None and end > start:
+        madvise(start, end - start, 14)  # MADV_HUGEPAGE; advice only, failure is harmless
+    dst = np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(address))
+    return out, dst
+
+
+@functools.cache
+def _bytes_api() -> tuple[Any, Any] | None:
+    if sys.implementation.name != "cpython":
+        return None
+    try:
+        new = ctypes.pythonapi.PyBytes_FromStringAndSize
+        new.restype = ctypes.py_object
+        new.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+    except AttributeError:
+        return None
+    madvise = None
+    if sys.platform.startswith("linux"):
+        try:
+            madvise = ctypes.CDLL(None).madvise
+            madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        except (OSError, AttributeError):
+            madvise = None
+    return new, madvise
 
 
 if os.environ.get("TENSORCODEC_NATIVE", "1") != "0":

@@ -5,14 +5,14 @@
  * reference: for a message of many small tensors, or a cache-cold decode of a few big ones,
  * those calls cost more than everything else decode does. `unpack_tree` reads the common subset
  * of the tree (maps with str keys, arrays, str, bin, ints, floats, bool, nil and tensor
- * references) directly and answers each reference from tables that core.decode lays out (each
- * kind's when first needed). wire.py reads the header map with it too; `strided_sources` is the
+ * references) directly and answers each reference from tables that materialize.MessageTensors lays out (each
+ * kind's when first needed). wire/header.py reads the header map with it too; `strided_sources` is the
  * loop that lays out the torch table of dtypes numpy lacks.
  *
- * It decides nothing that tree.py does not: at anything outside that subset or anything
+ * It decides nothing that wire/tree.py does not: at anything outside that subset or anything
  * malformed (tuples, big ints, unknown ext codes, duplicate or non-str keys, bad references,
  * nesting past max_depth, truncation, trailing bytes) it returns None without an exception, and
- * tree.py decodes the tree again and words the error. Every count is checked against the bytes
+ * wire/tree.py decodes the tree again and words the error. Every count is checked against the bytes
  * left before anything is allocated, so a hostile length costs nothing.
  */
 #define PY_SSIZE_T_CLEAN
@@ -37,7 +37,7 @@ typedef struct {
     unsigned char *referenced; /* n_tensors bytes, set to 1 for each index met */
     PyObject *resolve;         /* callable(index, code) for every reference without a route answer */
     Route routes[4];           /* by ext code; routes[0] unused; cache NULL: always resolve */
-    int bail;                  /* set when tree.py must decode the tree; no exception then */
+    int bail;                  /* set when wire/tree.py must decode the tree; no exception then */
 } Reader;
 
 static uint64_t be(const unsigned char *p, int n)
@@ -63,7 +63,7 @@ static const unsigned char *take(Reader *r, uint64_t n)
 static PyObject *read_obj(Reader *r, int depth);
 
 /* Py_EnterRecursiveCall for a container: a RecursionError (a max_depth beyond the C stack's
- * comfort) leaves the tree to tree.py instead of failing the decode. */
+ * comfort) leaves the tree to wire/tree.py instead of failing the decode. */
 static int enter(Reader *r)
 {
     if (!Py_EnterRecursiveCall(" in tensorcodec._fasttree.unpack_tree"))
@@ -150,7 +150,7 @@ static PyObject *read_ext(Reader *r, uint64_t size)
     if (!payload)
         return NULL;
     int code = (signed char)head[0];
-    if (code < 1 || code > 3) { /* tuples, big ints, bytearrays, timestamps, unknown: tree.py */
+    if (code < 1 || code > 3) { /* tuples, big ints, bytearrays, timestamps, unknown: wire/tree.py */
         r->bail = 1;
         return NULL;
     }
@@ -347,7 +347,7 @@ static int parse_route(PyObject *spec, Py_ssize_t n, Route *route)
 
 /* unpack_tree(data, max_depth, referenced, resolve, routes, max_array_len=-1) -> (tree,) or None
  *
- * data: the tree's msgpack bytes (or any msgpack in the subset: wire.py reads the header with it
+ * data: the tree's msgpack bytes (or any msgpack in the subset: wire/header.py reads the header with it
  * too). max_array_len: longer arrays are left to the caller, like msgpack's option of that name. referenced: a bytearray of one byte per table entry; each
  * index met is set to 1. routes: a 4-tuple by ext code (item 0 unused), each None or
  * (cache, sources, convert), where sources may also be a callable that gives them (a list or None)
@@ -422,7 +422,7 @@ static PyObject *contiguous_strides(PyObject *shape)
 
 /* strided_sources(views, entries, offsets, plan) -> sources
  *
- * core._torch_sources' loop: for each wire.Entry (dtype, shape, nbytes, stages, segments,
+ * materialize._torch_sources' loop: for each wire.Entry (dtype, shape, nbytes, stages, segments,
  * first_segment), plan[dtype] says where its torch answer comes from: True, views[i]; a pair
  * (as_strided, itemsize), the call (as_strided, shape, C-order strides, element offset) for a raw,
  * non-empty entry; None or absent, None (the decoder calls back). */
@@ -485,8 +485,8 @@ static PyObject *strided_sources(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"unpack_tree", unpack_tree, METH_VARARGS, "The message tree from its msgpack bytes, or None (see tree.py)."},
-    {"strided_sources", strided_sources, METH_VARARGS, "core._torch_sources' loop over the tensor table."},
+    {"unpack_tree", unpack_tree, METH_VARARGS, "The message tree from its msgpack bytes, or None (see wire/tree.py)."},
+    {"strided_sources", strided_sources, METH_VARARGS, "materialize._torch_sources' loop over the tensor table."},
     {NULL, NULL, 0, NULL},
 };
 

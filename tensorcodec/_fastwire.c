@@ -4,9 +4,9 @@
  * A message of thousands of small tensors spends its time in Python bookkeeping, one tensor at a
  * time: validating raw table entries and laying out their segments on decode, and copying the
  * segments into the message on encode. This module does those two loops in C. It decides nothing
- * that wire.py does not: `layout` handles only entries that are valid on the fast path and stops
- * at the first one that is not (wire.py goes on from there and words any error), and `join_into`
- * is b"".join into a buffer the caller owns. wire.py and core.py work the same without it.
+ * that wire/header.py does not: `layout` handles only entries that are valid on the fast path and stops
+ * at the first one that is not (wire/header.py goes on from there and words any error), and `join_into`
+ * is b"".join into a buffer the caller owns. wire/header.py and core.py work the same without it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -105,7 +105,7 @@ static PyObject *layout(PyObject *self, PyObject *args)
         if (nbytes) {
             start = (pos + ALIGN - 1) & ~(uint64_t)(ALIGN - 1);
             if (start > total || nbytes > total - start)
-                break; /* truncated: wire.py says so */
+                break; /* truncated: wire/header.py says so */
         }
         if (decoded > MAX_SIZE - nbytes)
             break;
@@ -494,7 +494,7 @@ static PyTypeObject TensorBytesType = {
 
 /* ------------------------------------------------------------------------------------------ plain_walk */
 
-/* What one plain_walk call needs; the tables and types come from tree.py. */
+/* What one plain_walk call needs; the tables and types come from wire/tree.py. */
 typedef struct {
     int max_depth;
     PyObject *numpy_rows;   /* dict: numpy dtype -> row, for dtypes whose arrays export their buffer */
@@ -508,7 +508,7 @@ typedef struct {
     PyObject *strided; /* torch.strided (None without torch) */
     PyObject *leaves;  /* list being filled */
     PyObject *seen;    /* set of ids (numpy) and data pointers (torch) met so far */
-    int bail;          /* set when the tree needs tree.py's general walk; no exception then */
+    int bail;          /* set when the tree needs wire/tree.py's general walk; no exception then */
 } Walk;
 
 static PyObject *k_dtype, *k_flags, *k_c_contiguous, *k_shape, *k_size, *k_data_ptr, *k_layout, *k_is_cpu,
@@ -630,7 +630,7 @@ static PyObject *walk_numpy(Walk *w, PyObject *arr)
     PyObject *id = PyLong_FromVoidPtr(arr);
     if (!id)
         return NULL;
-    int first = first_sight(w, id); /* the same array twice is sent once: tree.py keeps that bookkeeping */
+    int first = first_sight(w, id); /* the same array twice is sent once: wire/tree.py keeps that bookkeeping */
     Py_DECREF(id);
     if (first <= 0) {
         w->bail = first == 0;
@@ -729,13 +729,13 @@ static PyObject *walk_torch(Walk *w, PyObject *t)
         return NULL;
     }
     PyObject *ptr = tensor_attr(t, k_data_ptr, 1);
-    if (!ptr) { /* sparse and other storage-less layouts: tree.py words the error */
+    if (!ptr) { /* sparse and other storage-less layouts: wire/tree.py words the error */
         PyErr_Clear();
         w->bail = 1;
         return NULL;
     }
     char *address = PyLong_AsVoidPtr(ptr);
-    /* Tied weights share a pointer: tree.py compares layouts. Empty tensors may all have none. */
+    /* Tied weights share a pointer: wire/tree.py compares layouts. Empty tensors may all have none. */
     int first = address ? first_sight(w, ptr) : PyErr_Occurred() ? -1 : 1;
     Py_DECREF(ptr);
     if (first <= 0) {
@@ -752,7 +752,7 @@ static PyObject *walk_torch(Walk *w, PyObject *t)
     Py_XDECREF(layout);
     Py_ssize_t nbytes = 0;
     PyObject *shape = plain ? torch_shape(t, itemsize, &nbytes) : NULL;
-    if (!shape || (nbytes && !address)) { /* GPU, sparse, strided, conj/neg views: tree.py's general path */
+    if (!shape || (nbytes && !address)) { /* GPU, sparse, strided, conj/neg views: wire/tree.py's general path */
         Py_XDECREF(shape);
         w->bail = !PyErr_Occurred();
         return NULL;
@@ -790,7 +790,7 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
         PyLong_AsLongLongAndOverflow(obj, &overflow);
         if (overflow > 0) {
             PyLong_AsUnsignedLongLong(obj);
-            if (PyErr_Occurred()) { /* beyond 64 bits: tree.py's ext type 5 */
+            if (PyErr_Occurred()) { /* beyond 64 bits: wire/tree.py's ext type 5 */
                 PyErr_Clear();
                 w->bail = 1;
                 return NULL;
@@ -810,7 +810,7 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
         if ((PyObject *)t == PyTuple_GET_ITEM(w->tensor_types, k))
             return walk_torch(w, obj);
     if (depth >= w->max_depth || (t != &PyDict_Type && t != &PyList_Type)) {
-        w->bail = 1; /* too deep, tuples and everything else: tree.py walks it and words any error */
+        w->bail = 1; /* too deep, tuples and everything else: wire/tree.py walks it and words any error */
         return NULL;
     }
     if (Py_EnterRecursiveCall(" in tensorcodec._fastwire.plain_walk"))
@@ -856,20 +856,23 @@ static PyObject *walk(Walk *w, PyObject *obj, int depth)
     return out;
 }
 
-/* plain_walk(obj, max_depth, numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type, ext_type, empty,
- *            numpy_refs, torch_refs, strided) -> (tree, leaves) or None
+/* plain_walk(obj, max_depth, tables) -> (tree, leaves) or None
+ * tables: tree.WalkTables, read by position: (numpy_rows, torch_rows, ndarray_type, tensor_types, leaf_type,
+ * ext_type, empty, numpy_refs, torch_refs, strided).
  * tree.flatten's walk for the common trees: dicts (str keys), lists, str, bytes, float, bool, None,
  * 64-bit ints, and C-contiguous numpy arrays / CPU torch tensors of numpy's own dtypes, each
  * object once (a tensor's leaf holds a TensorBytes of it). Anything else (tuples, tied tensors, big ints, subclasses, other dtypes, too deep)
- * gives None, and tree.py walks the tree itself. */
+ * gives None, and wire/tree.py walks the tree itself. */
 static PyObject *plain_walk(PyObject *self, PyObject *args)
 {
     Walk w;
     memset(&w, 0, sizeof w);
-    PyObject *obj;
-    if (!PyArg_ParseTuple(args, "OiO!O!OO!O!O!OO!O!O", &obj, &w.max_depth, &PyDict_Type, &w.numpy_rows, &PyDict_Type,
-                          &w.torch_rows, &w.ndarray_type, &PyTuple_Type, &w.tensor_types, &PyType_Type, &w.leaf_type,
-                          &PyType_Type, &w.ext_type, &w.empty, &PyList_Type, &w.numpy_refs, &PyList_Type,
+    PyObject *obj, *tables;
+    if (!PyArg_ParseTuple(args, "OiO!", &obj, &w.max_depth, &PyTuple_Type, &tables))
+        return NULL;
+    if (!PyArg_ParseTuple(tables, "O!O!OO!O!O!OO!O!O;tables must be a tree.WalkTables", &PyDict_Type, &w.numpy_rows,
+                          &PyDict_Type, &w.torch_rows, &w.ndarray_type, &PyTuple_Type, &w.tensor_types, &PyType_Type,
+                          &w.leaf_type, &PyType_Type, &w.ext_type, &w.empty, &PyList_Type, &w.numpy_refs, &PyList_Type,
                           &w.torch_refs, &w.strided))
         return NULL;
     if (!PyType_IsSubtype(w.leaf_type, &PyTuple_Type) || !PyType_IsSubtype(w.ext_type, &PyTuple_Type)) {
@@ -895,9 +898,9 @@ static PyObject *plain_walk(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
-    {"plain_walk", plain_walk, METH_VARARGS, "tree.flatten's walk for common trees, or None (see tree.py)."},
+    {"plain_walk", plain_walk, METH_VARARGS, "tree.flatten's walk for common trees, or None (see wire/tree.py)."},
     {"first_nonzero", first_nonzero, METH_VARARGS, "Offset of the first nonzero byte in runs of a buffer, or -1."},
-    {"layout", layout, METH_VARARGS, "Validated layout of the raw entries of a tensor table (see wire.py)."},
+    {"layout", layout, METH_VARARGS, "Validated layout of the raw entries of a tensor table (see wire/header.py)."},
     {"join_into", join_into, METH_VARARGS, "b\"\".join(frames) into a writable buffer; returns the bytes written."},
     {"join_bytes", join_bytes, METH_VARARGS, "b\"\".join(frames) of a known size, placed for huge pages from 2 MiB."},
     {NULL, NULL, 0, NULL},

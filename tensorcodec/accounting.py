@@ -24,11 +24,11 @@ import msgpack
 import numpy as np
 
 from . import dtypes, wire
-from .arrays import leaf_from_torch, values
 from .codecs import Codec
 from .core import decode, encode
+from .leaves import leaf_from_torch, values
 from .policy import Policy, Precision
-from .tree import named_leaves, unflatten
+from .wire.tree import named_leaves, unflatten
 
 __all__ = ["TensorRow", "Report", "report", "inspect", "predict", "MIB", "MB"]
 

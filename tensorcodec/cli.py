@@ -25,7 +25,7 @@ from .core import decode, encode
 from .errors import DecodeError
 from .models import DEFAULT_MODEL, default_model_path, load_model, write_safetensors
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
-from .tree import named_leaves
+from .wire.tree import named_leaves
 
 __all__ = ["main"]
 

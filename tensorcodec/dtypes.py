@@ -84,7 +84,7 @@ DTYPES: tuple[DType, ...] = (
 
 BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
 """Allowed wire names."""
-_BY_NUMPY: dict[np.dtype[Any], DType] = {d.numpy: d for d in DTYPES}
+BY_NUMPY: dict[np.dtype[Any], DType] = {d.numpy: d for d in DTYPES}
 _BY_TORCH: dict[Any, DType] | None = None
 
 
@@ -95,13 +95,13 @@ def by_name(name: str) -> DType | None:
 
 def from_numpy(dtype: np.dtype[Any]) -> DType | None:
     """The row for a numpy dtype of either byte order, or None if unsupported."""
-    row = _BY_NUMPY.get(dtype)
+    row = BY_NUMPY.get(dtype)
     if row is None and dtype.byteorder == ">":
-        row = _BY_NUMPY.get(dtype.newbyteorder("<"))
+        row = BY_NUMPY.get(dtype.newbyteorder("<"))
     return row
 
 
-def _torch_table() -> dict[Any, DType]:
+def torch_table() -> dict[Any, DType]:
     global _BY_TORCH
     if _BY_TORCH is None:
         import torch
@@ -117,7 +117,7 @@ def _torch_table() -> dict[Any, DType]:
 
 def from_torch(dtype: Any) -> DType | None:
     """The row for a torch dtype, or None if unsupported."""
-    return _torch_table().get(dtype)
+    return torch_table().get(dtype)
 
 
 def torch_dtype(row: DType) -> Any:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import dtypes
-from .tree import named_leaves
+from .wire.tree import named_leaves
 
 __all__ = ["load_model", "read_safetensors", "write_safetensors", "default_model_path", "DEFAULT_MODEL"]
 
@@ -77,7 +77,7 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray[Any, Any]]:
 
 def write_safetensors(tensors: dict[str, Any], path: str | Path) -> None:
     """Write a flat dict of numpy arrays / torch tensors as a safetensors file."""
-    from .arrays import leaf_from_numpy, leaf_from_torch
+    from .leaves import leaf_from_numpy, leaf_from_torch
 
     leaves = []
     header: dict[str, Any] = {}

@@ -15,29 +15,44 @@ from __future__ import annotations
 
 import math
 import os
-import struct
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, BinaryIO, NamedTuple
 
-import msgpack
 import numpy as np
 
-from . import wire
-from .arrays import NUMPY, SCALAR, TORCH, Leaf, Materializer
 from .codecs import decode_segments
-from .core import _KINDS, Framework, _encode_leaf
+from .core import encode_leaf
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
+from .leaves import NUMPY, SCALAR, TORCH, Leaf
+from .materialize import Framework, Materializer, kinds_of
 from .policy import Policy, Precision
-from .tree import flatten, unflatten
-from .wire import DEFAULT_LIMITS, EXPANSION_ALLOWANCE, Entry, Limits, Segment
+from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Entry, Limits, Segment
+from .wire.stream import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FRAME,
+    FRAME_HEADER_SIZE,
+    LAST_FRAME,
+    LENGTH,
+    MAX_FRAME_BYTES,
+    MIN_FRAME_BYTES,
+    STREAM_MAGIC,
+    STREAM_VERSION,
+    Framer,
+    pack_record,
+    read_end_record,
+    read_frame,
+    read_record,
+    read_tensor_record,
+)
+from .wire.tree import flatten, unflatten
 
 __all__ = [
     "STREAM_MAGIC",
     "STREAM_VERSION",
     "FRAME_HEADER_SIZE",
     "DEFAULT_MAX_FRAME_BYTES",
+    "MIN_FRAME_BYTES",
     "encode_stream",
     "decode_stream",
     "StreamDecoder",
@@ -46,66 +61,10 @@ __all__ = [
     "load",
 ]
 
-STREAM_MAGIC = b"TCSF"
-STREAM_VERSION = 1
-FIRST_FRAME, LAST_FRAME = 1, 2
-# magic, version, flags, reserved, stream id, sequence number, body length, body crc32, reserved
-_FRAME = struct.Struct("<4sBBHQIIII")
-FRAME_HEADER_SIZE = _FRAME.size
-_LENGTH = struct.Struct("<I")
-DEFAULT_MAX_FRAME_BYTES = (4 << 20) - (64 << 10)
-"""Fits gRPC's default 4 MiB message limit with room for its own framing."""
-MIN_FRAME_BYTES = FRAME_HEADER_SIZE + 1
-MAX_FRAME_BYTES = 1 << 31
-_MAX_SEQUENCE = (1 << 32) - 1
-_TENSOR_KEYS = frozenset({"index", "entry", "name", "checksum", "checksums"})
-_END_KEYS = frozenset({"tree", "count"})
 _READ_CHUNK = 64 << 20
 
 
 # ---------------------------------------------------------------------------- encoding
-
-
-class _Framer:
-    """Cuts the stream body into frames; each byte is copied once, by the join that builds its frame."""
-
-    def __init__(self, stream_id: int, body_max: int) -> None:
-        self.stream_id = stream_id
-        self.body_max = body_max
-        self.seq = 0
-        self.parts: list[Any] = []
-        self.size = 0
-
-    def add(self, data: Any) -> Iterator[bytes]:
-        """Appends ``data``, yielding every frame it fills (a full frame leaves only when more follows)."""
-        view = memoryview(data).cast("B")
-        pos, n = 0, view.nbytes
-        while pos < n:
-            if self.size == self.body_max:
-                yield self.flush(last=False)
-            take = min(self.body_max - self.size, n - pos)
-            self.parts.append(view[pos : pos + take] if take < n else view)
-            self.size += take
-            pos += take
-
-    def flush(self, last: bool) -> bytes:
-        if self.seq > _MAX_SEQUENCE:
-            raise ValueError("the stream needs more than 2^32 frames: raise max_frame_bytes")
-        crc = 0
-        for part in self.parts:
-            crc = zlib.crc32(part, crc)
-        flags = (FIRST_FRAME if self.seq == 0 else 0) | (LAST_FRAME if last else 0)
-        head = _FRAME.pack(STREAM_MAGIC, STREAM_VERSION, flags, 0, self.stream_id, self.seq, self.size, crc, 0)
-        frame = b"".join([head, *self.parts])
-        self.parts = []
-        self.size = 0
-        self.seq += 1
-        return frame
-
-
-def _record(fields: dict[str, Any]) -> bytes:
-    packed: bytes = msgpack.packb(fields, use_bin_type=True)
-    return _LENGTH.pack(len(packed)) + packed
 
 
 def encode_stream(
@@ -131,8 +90,8 @@ def encode_stream(
     """
     if not MIN_FRAME_BYTES <= max_frame_bytes <= MAX_FRAME_BYTES:
         raise ValueError(f"max_frame_bytes must be in [{MIN_FRAME_BYTES}, {MAX_FRAME_BYTES}], not {max_frame_bytes}")
-    if checksum is not None and checksum not in wire.CHECKSUMS:
-        raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(wire.CHECKSUMS)} or None")
+    if checksum is not None and checksum not in CHECKSUMS:
+        raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(CHECKSUMS)} or None")
     if stream_id is None:
         stream_id = int.from_bytes(os.urandom(8), "little")
     elif not 0 <= stream_id < 1 << 64:
@@ -140,12 +99,12 @@ def encode_stream(
     rules = Policy.of(precision, policy)
     devices: dict[int, Any] = {}  # accelerator tensors stay there until their turn: one CPU copy at a time
     tree, leaves, paths = flatten(obj, max_depth, names=names or rules is not None, devices=devices)
-    framer = _Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
+    framer = Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
     return _frames(framer, tree, leaves, devices, paths, names, rules, checksum)
 
 
 def _frames(
-    framer: _Framer,
+    framer: Framer,
     tree: bytes,
     leaves: list[Leaf],
     devices: dict[int, Any],
@@ -166,18 +125,18 @@ def _frames(
             entry, segments = leaf.encoded.wire_entry()
         else:
             chain = rules.choose(path, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
-            entry, segments = _encode_leaf(chain, leaf, path, devices.pop(i, None))
+            entry, segments = encode_leaf(chain, leaf, path, devices.pop(i, None))
         fields: dict[str, Any] = {"index": i, "entry": entry}
         if names:
             fields["name"] = path
         if checksum is not None:
             fields["checksum"] = checksum
-            fields["checksums"] = [wire.CHECKSUMS[checksum](seg) for seg in segments]
-        yield from framer.add(_record(fields))
+            fields["checksums"] = [CHECKSUMS[checksum](seg) for seg in segments]
+        yield from framer.add(pack_record(fields))
         for seg in segments:
             yield from framer.add(seg)
         del leaf, entry, segments
-    yield from framer.add(_record({"tree": tree, "count": count}))
+    yield from framer.add(pack_record({"tree": tree, "count": count}))
     yield framer.flush(last=True)
 
 
@@ -211,13 +170,6 @@ class StreamTensor(NamedTuple):
 _LEN, _RECORD, _SEGMENT, _END = range(4)
 
 
-def _unique_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
-    d = dict(items)
-    if len(d) != len(items):
-        raise DecodeError("duplicate key in a map")
-    return d
-
-
 class StreamDecoder:
     """Decodes a stream fed one frame at a time, validating as it goes.
 
@@ -240,9 +192,7 @@ class StreamDecoder:
         verify: bool = True,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
-        if framework not in _KINDS:
-            raise ValueError(f"framework must be 'numpy', 'torch' or None, not {framework!r}")
-        self._kinds = _KINDS[framework]
+        self._kinds = kinds_of(framework)
         self._torch_now = framework == "torch"
         self._copy = copy
         self._verify = verify
@@ -255,7 +205,7 @@ class StreamDecoder:
         self._base = 0
         """Stream-body bytes before the current frame."""
         self._state = _LEN
-        self._want = _LENGTH.size
+        self._want = LENGTH.size
         self._pending = bytearray()
         self._decoded = 0
         self._segment_count = 0
@@ -309,46 +259,13 @@ class StreamDecoder:
     # -- frames
 
     def _feed(self, frame: Any) -> list[StreamTensor]:
-        view = memoryview(frame).cast("B")
-        n = view.nbytes
-        if n < FRAME_HEADER_SIZE:
-            raise DecodeError(f"frame {self._seq}: {n} bytes, shorter than the {FRAME_HEADER_SIZE}-byte frame header")
-        magic, version, flags, reserved, stream_id, seq, length, crc, reserved2 = _FRAME.unpack_from(view)
+        stream_id, flags, body = read_frame(frame, self._seq, self._stream_id, self._last_seen)
         what = f"frame {self._seq}"
-        if magic != STREAM_MAGIC:
-            raise DecodeError(
-                f"{what}: not a tensorcodec stream frame: magic {bytes(magic)!r}, expected {STREAM_MAGIC!r}"
-            )
-        if version != STREAM_VERSION:
-            raise DecodeError(f"{what}: stream version {version} is not supported (this tensorcodec reads 1)")
-        if flags & ~(FIRST_FRAME | LAST_FRAME) or reserved or reserved2:
-            raise DecodeError(f"{what}: unknown flags {flags:#x} or non-zero reserved fields")
-        if self._last_seen:
-            raise DecodeError(f"{what}: a frame after the last one (sequence {seq}, stream {stream_id:#x})")
-        if self._stream_id is None:
-            if not flags & FIRST_FRAME or seq != 0:
-                raise DecodeError(f"{what}: the stream does not start with its first frame (got sequence {seq})")
-        elif stream_id != self._stream_id:
-            raise DecodeError(
-                f"{what}: from stream {stream_id:#x}, expected {self._stream_id:#x} (interleaved streams)"
-            )
-        elif flags & FIRST_FRAME:
-            raise DecodeError(f"{what}: flagged first in the middle of the stream")
-        if seq != self._seq:
-            raise DecodeError(
-                f"{what}: sequence number {seq}, expected {self._seq} (frames lost, duplicated or reordered)"
-            )
-        if length != n - FRAME_HEADER_SIZE:
-            raise DecodeError(f"{what}: header says {length} body bytes, the frame has {n - FRAME_HEADER_SIZE}")
-        body = view[FRAME_HEADER_SIZE:]
-        computed = zlib.crc32(body)
-        if computed != crc:
-            raise ChecksumError(f"{what} body", crc, computed)
         self._stream_id = stream_id
         self._seq += 1
         out: list[StreamTensor] = []
         self._consume(body, out)
-        self._base += length
+        self._base += body.nbytes
         if flags & LAST_FRAME:
             self._last_seen = True
             if self._state != _END:
@@ -377,7 +294,7 @@ class StreamDecoder:
             if chunk is None:
                 continue
             if state == _LEN:
-                (size,) = _LENGTH.unpack(chunk)
+                (size,) = LENGTH.unpack(chunk)
                 if size == 0 or size > self._limits.max_header_bytes:
                     raise DecodeError(
                         f"record at stream byte {self._base + p - 4}: length {size} is outside "
@@ -391,74 +308,23 @@ class StreamDecoder:
     # -- records
 
     def _record(self, data: Any, end: int, out: list[StreamTensor]) -> None:
-        what = f"record {len(self._rows)}"
-        try:
-            fields = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_unique_map)
-        except DecodeError as e:
-            raise DecodeError(f"{what}: {e}") from None
-        except Exception as e:  # msgpack reports malformed input through many types
-            raise DecodeError(f"{what}: malformed msgpack ({type(e).__name__}: {e})") from None
-        if type(fields) is not dict:
-            raise DecodeError(f"{what}: must be a msgpack map")
+        fields = read_record(data, len(self._rows))
         if "tree" in fields:
             self._end_record(fields)
-        elif "entry" in fields:
-            self._tensor_record(fields, end, out)
-        else:
-            raise DecodeError(f"{what}: neither a tensor record nor the end record (keys {sorted(map(str, fields))})")
-
-    def _tensor_record(self, fields: dict[Any, Any], end: int, out: list[StreamTensor]) -> None:
-        index = len(self._rows)
-        what = f"tensor {index}"
-        unknown = set(fields) - _TENSOR_KEYS
-        if unknown:
-            raise DecodeError(f"{what}: unknown record keys {sorted(map(str, unknown))}")
-        if fields.get("index") != index or type(fields.get("index")) is not int:
-            raise DecodeError(f"{what}: record says index {fields.get('index')!r}, expected {index}")
-        if index >= self._limits.max_tensors:
-            raise DecodeError(f"{what}: more than max_tensors={self._limits.max_tensors} tensors")
-        name = fields.get("name")
-        if name is not None and type(name) is not str:
-            raise DecodeError(f"{what}: name must be a str")
-        entry = wire.parse_entry(fields["entry"], index, self._limits, self._segment_count)
-        segments = entry.all_segments()
-        sums: list[int] | None = None
-        if "checksum" in fields or "checksums" in fields:
-            algorithm = fields.get("checksum")
-            if algorithm not in wire.CHECKSUMS:
-                raise DecodeError(f"{what}: unknown checksum algorithm {algorithm!r}; known: {sorted(wire.CHECKSUMS)}")
-            sums = fields.get("checksums")
-            if type(sums) is not list or len(sums) != len(segments):
-                raise DecodeError(f"{what}: 'checksums' must list one value per segment ({len(segments)})")
-            if any(type(c) is not int or not 0 <= c < 1 << 64 for c in sums):
-                raise DecodeError(f"{what}: checksums must be unsigned 64-bit integers")
-            self._algorithm = algorithm
-        declared = sum(seg.nbytes for seg in segments)
-        cap = self._limits.max_decoded_bytes
-        if cap is None:
-            cap = EXPANSION_ALLOWANCE * (end + declared) + (16 << 20)
-        if self._decoded + entry.nbytes > cap:
-            source = "max_decoded_bytes" if self._limits.max_decoded_bytes is not None else "64 x stream size + 16 MiB"
-            raise DecodeError(
-                f"{what}: decoded tensors would take {self._decoded + entry.nbytes} bytes, over the cap of {cap} "
-                f"({source}); pass limits=Limits(max_decoded_bytes=...) to allow more"
-            )
-        self._decoded += entry.nbytes
-        self._segment_count += len(segments)
-        self._rows.append(entry.dtype)
-        self._index, self._name, self._entry, self._segments, self._sums = index, name, entry, segments, sums
+            return
+        rec = read_tensor_record(fields, len(self._rows), self._limits, self._segment_count, self._decoded, end)
+        self._decoded += rec.entry.nbytes
+        self._segment_count += len(rec.segments)
+        self._rows.append(rec.entry.dtype)
+        self._index, self._name, self._entry, self._segments = rec.index, rec.name, rec.entry, rec.segments
+        self._sums, self._algorithm = rec.checksums, rec.checksum
         self._seg = 0
         self._bufs = []
         self._next_segment(out)
 
     def _end_record(self, fields: dict[Any, Any]) -> None:
-        if set(fields) != _END_KEYS:
-            raise DecodeError(f"end record: keys must be 'tree' and 'count', not {sorted(map(str, fields))}")
-        tree, count = fields["tree"], fields["count"]
-        if type(tree) is not bytes:
-            raise DecodeError("end record: 'tree' must be binary msgpack")
-        if type(count) is not int or count != len(self._rows):
-            raise DecodeError(f"end record: count {count!r}, but the stream carried {len(self._rows)} tensors")
+        tree = read_end_record(fields, len(self._rows))
+        count = len(self._rows)
         self._state = _END
         cache: dict[tuple[int, int], Any] = {}
 
@@ -484,7 +350,7 @@ class StreamDecoder:
             self._state, self._fill, self._buf = _SEGMENT, 0, None
         else:
             self._finish_tensor(out)
-            self._state, self._want = _LEN, _LENGTH.size
+            self._state, self._want = _LEN, LENGTH.size
 
     def _segment_bytes(self, body: memoryview, p: int, out: list[StreamTensor]) -> int:
         seg = self._segments[self._seg]
@@ -514,7 +380,7 @@ class StreamDecoder:
     def _segment_done(self, buf: Any) -> None:
         if self._sums is not None and self._verify:
             seg = self._segments[self._seg]
-            got = wire.CHECKSUMS[self._algorithm](memoryview(buf).cast("B").toreadonly())
+            got = CHECKSUMS[self._algorithm](memoryview(buf).cast("B").toreadonly())
             if got != self._sums[self._seg]:
                 raise ChecksumError(f"tensor {self._index} segment {seg.name!r}", self._sums[self._seg], got)
         self._bufs.append(buf)
@@ -618,7 +484,7 @@ def load(fp: BinaryIO, **decode_kw: Any) -> Any:
             )
         if head[:4] != STREAM_MAGIC:
             raise DecodeError(f"frame {decoder.frames}: not a tensorcodec stream frame: magic {head[:4]!r}")
-        length = _FRAME.unpack(head)[6]
+        length = FRAME.unpack(head)[6]
         frame = _read_frame(fp, head, length, decoder.frames)
         for item in decoder.feed(frame):
             if on_tensor is not None:

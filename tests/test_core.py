@@ -621,7 +621,7 @@ def test_concurrent_encodes_agree() -> None:
     """Threads encoding at once share the interned table references; every message must still be right."""
     import threading
 
-    from tensorcodec import tree as tree_module
+    from tensorcodec.wire import tree as tree_module
 
     for refs in tree_module._REFS.values():
         refs.clear()  # make the threads grow the interned references together

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import tensorcodec as tc
-from tensorcodec.arrays import leaf_from_torch
-from tensorcodec.core import _encode_leaf
+from tensorcodec.core import encode_leaf
+from tensorcodec.leaves import leaf_from_torch
 from tensorcodec.policy import Policy
 
 torch = pytest.importorskip("torch")
@@ -27,8 +27,8 @@ def test_encode_torch_matches_numpy_path(precision: object, dtype: object, count
     if chain is None:
         pytest.skip("the codec would not make so small a tensor smaller")
     leaf = leaf_from_torch(t)
-    expected_entry, expected_data = _encode_leaf(chain, leaf, "w")
-    entry, data = _encode_leaf(chain, leaf, "w", device_tensor=t)
+    expected_entry, expected_data = encode_leaf(chain, leaf, "w")
+    entry, data = encode_leaf(chain, leaf, "w", device_tensor=t)
     assert entry == expected_entry
     assert [bytes(d) for d in data] == [bytes(d) for d in expected_data]
 
@@ -37,8 +37,8 @@ def test_codecs_without_a_torch_path_fall_back_to_the_cpu() -> None:
     t = torch.randn(5000)
     chain = Policy({"*": "minmax8"}).choose("w", leaf_from_torch(t).dtype, t.numel())
     assert chain is not None and chain[0].encode_torch(t) is None
-    entry, _ = _encode_leaf(chain, leaf_from_torch(t), "w", device_tensor=t)
-    assert entry == _encode_leaf(chain, leaf_from_torch(t), "w")[0]
+    entry, _ = encode_leaf(chain, leaf_from_torch(t), "w", device_tensor=t)
+    assert entry == encode_leaf(chain, leaf_from_torch(t), "w")[0]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

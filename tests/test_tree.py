@@ -19,15 +19,15 @@ from hypothesis import strategies as st
 
 from tensorcodec import DecodeError, encode, wire
 from tensorcodec.testing import strategies
-from tensorcodec.tree import (
-    _NO_ROUTES,
+from tensorcodec.wire.tree import (
     EXT_BIGINT,
     EXT_BYTEARRAY,
     EXT_TUPLE,
-    _plain_walk_tables,
+    NO_ROUTES,
     flatten,
     format_path,
     unflatten,
+    walk_tables,
 )
 
 
@@ -87,7 +87,7 @@ def test_tensor_references_and_table_order() -> None:
 
 
 def test_references_grow_to_two_and_four_bytes() -> None:
-    from tensorcodec.tree import _ref
+    from tensorcodec.wire.tree import _ref
 
     assert _ref(1, 255).data == b"\xff"
     assert _ref(1, 256).data == b"\x00\x01"
@@ -209,7 +209,7 @@ def test_depth_limit_is_exact(container: str, wire_impl: str) -> None:
 _SMALL_STACK_SCRIPT = """
 import sys, threading
 from tensorcodec import DecodeError
-from tensorcodec.tree import unflatten
+from tensorcodec.wire.tree import unflatten
 depth, data = int(sys.argv[1]), sys.stdin.buffer.read()
 out = []
 def run():
@@ -350,7 +350,7 @@ def test_c_walk_shares_nothing_it_should_not() -> None:
 def _c_leaf(t: torch.Tensor) -> Any:
     """The data of the leaf that the C walk makes of ``t``, or None where it hands the tree back to tree.py."""
     assert FASTWIRE is not None
-    done = FASTWIRE.plain_walk({"t": t}, 64, *_plain_walk_tables())
+    done = FASTWIRE.plain_walk({"t": t}, 64, walk_tables())
     return None if done is None else done[1][0].data
 
 
@@ -440,7 +440,7 @@ def _c_agrees(data: bytes, n_tensors: int = 3, max_depth: int = 64) -> bool:
     """The C decoder either leaves the tree to tree.py (None) or gives exactly tree.py's answer; True if it decoded."""
     assert FASTTREE is not None
     referenced = bytearray(n_tensors)
-    done = FASTTREE.unpack_tree(data, max_depth, referenced, lambda i, k: ("tensor", i, k), _NO_ROUTES)
+    done = FASTTREE.unpack_tree(data, max_depth, referenced, lambda i, k: ("tensor", i, k), NO_ROUTES)
     if done is None:
         return False
     python = _python_unflat(data, n_tensors, max_depth)
@@ -558,7 +558,7 @@ def test_an_error_from_resolve_propagates() -> None:
 
     assert FASTTREE is not None
     with pytest.raises(DecodeError, match="tensor 0: broken"):
-        FASTTREE.unpack_tree(pack({"a": [ref(0)]}), 64, bytearray(1), resolve, _NO_ROUTES)
+        FASTTREE.unpack_tree(pack({"a": [ref(0)]}), 64, bytearray(1), resolve, NO_ROUTES)
 
 
 @_needs_fasttree

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import tensorcodec as tc
 from tensorcodec import wire
 from tensorcodec.testing import assert_tree_equal, strategies
-from tensorcodec.tree import _plain_walk_tables
+from tensorcodec.wire.tree import walk_tables
 
 SMALL = {"a": np.arange(5, dtype=np.int16), "b": [np.float32(1.5), (np.zeros(0),)], "c": torch.ones(3)}
 
@@ -259,7 +259,7 @@ def test_trailing_bytes() -> None:
 
 @pytest.mark.parametrize("n_tensors", [2, 12, 300])
 def test_nonzero_padding_is_refused(n_tensors: int, wire_impl: str) -> None:
-    """The C check, and in Python both the per-gap check and the vectorized one used for many gaps."""
+    """The C check and the Python one, for few and many gaps."""
     obj = [np.arange(3, dtype=np.int8) for _ in range(n_tensors)]
     message = tc.encode(obj)
     hlen = int.from_bytes(message[8:12], "little")
@@ -672,7 +672,7 @@ def _tensor_bytes(data: bytes) -> Any:
     t = torch.tensor(list(data), dtype=torch.uint8)
     if FASTWIRE is None:
         return t.numpy()
-    done = FASTWIRE.plain_walk({"t": t}, 64, *_plain_walk_tables())
+    done = FASTWIRE.plain_walk({"t": t}, 64, walk_tables())
     assert done is not None
     return done[1][0].data
 

@@ -1,9 +1,11 @@
-"""Wire format v1: the byte layout of a message, and its validation.
+"""Wire format v1: the byte layout of a message, and its validation in one pass.
 
 A message is a 16-byte preamble, a msgpack header and the tensor segments,
 each segment starting at a multiple of 64 bytes. ``docs/format.md`` is the
 normative description; this module is its implementation. Every field read
-from the wire is checked here before anything is allocated for it.
+from the wire is checked here before anything is allocated for it: ``parse_message`` checks
+the preamble, the header, every entry, the layout, the padding and the checksums, and only
+then does decode build a tensor.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any, NamedTuple
 import msgpack
 import numpy as np
 
-from . import _c, dtypes
-from .dtypes import DType
-from .errors import ChecksumError, DecodeError
+from .. import _c, dtypes
+from ..dtypes import DType
+from ..errors import ChecksumError, DecodeError
 
 __all__ = [
     "MAGIC",
@@ -38,8 +40,15 @@ __all__ = [
     "pack_header",
     "parse_message",
     "parse_entry",
+    "read_entry",
     "aligned",
     "copy_frames",
+    "ZEROS",
+    "ROLES",
+    "EXPANSION_ALLOWANCE",
+    "DEFAULT_LIMITS",
+    "NO_ROUTES",
+    "packb",
 ]
 
 MAGIC = b"TCDC"
@@ -279,9 +288,9 @@ def _dtype(name: Any, index: int, segment: str | None = None) -> DType:
     return row
 
 
-def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
-    """One validated table entry. Messages of many small encoded tensors spend much of their decode
-    here, so the checks are plain comparisons and error messages are only built when raised."""
+def read_entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
+    """One validated table entry (``parse_message``'s check). Messages of many small encoded tensors spend much
+    of their decode here, so the checks are plain comparisons and error messages are only built when raised."""
     if type(raw) is not list or len(raw) not in (2, 4):
         raise _fail(f"tensor {index}: entry must be an array of 2 or 4 items")
     row = _dtype(raw[0], index)
@@ -321,7 +330,7 @@ def _entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
 
 def parse_entry(raw: Any, index: int, limits: Limits = DEFAULT_LIMITS, first_segment: int = 0) -> Entry:
     """One tensor-table entry, validated on its own: for decoders that meet entries one at a time (streams)."""
-    return _entry(raw, index, first_segment, limits)
+    return read_entry(raw, index, first_segment, limits)
 
 
 _HEADER_KEYS = {"tensors", "tree", "checksum", "checksums"}
@@ -341,13 +350,13 @@ def _fast_header(data: Any, max_array_len: int) -> Any:
     fast = _c.tree()
     if fast is None:
         return None
-    done = fast.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, _NO_ROUTES, max_array_len)
+    done = fast.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, NO_ROUTES, max_array_len)
     return None if done is None else done[0]
 
 
 _HEADER_DEPTH = 256
 """Nesting the C decoder reads in a header (codec configs and parameters); msgpack reads deeper ones."""
-_NO_ROUTES = (None, None, None, None)
+NO_ROUTES = (None, None, None, None)
 """``_fasttree.unpack_tree``'s routes where no tables are laid out: every reference calls back (see tree.Route)."""
 
 
@@ -420,7 +429,7 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
         # The C loop lays out the run of plain raw entries; this loop goes on from the first other one.
         entries, offsets, gaps, decoded, pos, done = fast.layout(raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim)
     for i in range(done, len(raw_entries)):
-        entry = _entry(raw_entries[i], i, len(offsets), limits)
+        entry = read_entry(raw_entries[i], i, len(offsets), limits)
         entries.append(entry)
         decoded += entry.nbytes
         for n in [seg.nbytes for seg in entry.segments] if entry.stages else (entry.nbytes,):
@@ -467,10 +476,6 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     return Header(entries, tree, offsets, checksum, checksums)
 
 
-_PADDING_LOOP_MAX = 256
-"""Up to this many padding runs a plain loop is cheaper than a vectorized check."""
-
-
 def copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:
     """``b"".join(frames)`` written into ``dst``, a writable uint8 array at least as long."""
     fast = _c.wire()
@@ -497,16 +502,6 @@ def _check_padding(rope: Rope, gaps: list[int]) -> None:
         if first >= 0:
             raise _fail(f"padding byte at offset {first} is not zero")
         return
-    if len(rope.parts) == 1 and len(gaps) > 2 * _PADDING_LOOP_MAX:
-        runs = np.array(gaps, dtype=np.int64).reshape(-1, 2)
-        starts, lens = runs[:, 0], runs[:, 1]
-        # Indices of all padding bytes at once: a ragged arange.
-        index = np.repeat(starts - np.cumsum(lens) + lens, lens) + np.arange(int(lens.sum()))
-        bad = np.flatnonzero(np.frombuffer(rope.parts[0], dtype=np.uint8)[index])
-        if bad.size == 0:
-            return
-        first = int(index[bad[0]])
-        raise _fail(f"padding byte at offset {first} is not zero")
     parts, part_starts = rope.parts, rope.starts
     last = len(parts) - 1
     p = 0

@@ -20,18 +20,44 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
 
-from . import _c, dtypes, wire
-from .arrays import _LITTLE, _NUMPY_NATIVE, NUMPY, SCALAR, TORCH, Leaf, leaf_from_numpy, leaf_from_torch
-from .codecs import Quantized
-from .dtypes import _BY_NUMPY
-from .errors import DecodeError
+from .. import _c, dtypes
+from ..codecs import Quantized
+from ..dtypes import DType
+from ..errors import DecodeError
+from ..leaves import (
+    EMPTY,
+    NUMPY,
+    NUMPY_NATIVE,
+    SCALAR,
+    TORCH,
+    Leaf,
+    array_leaf,
+    device_leaf,
+    encoded_leaf,
+    leaf_from_numpy,
+    tensor_leaf,
+)
+from . import header as wire
 
-__all__ = ["flatten", "unflatten", "format_path", "named_leaves", "EXT_TUPLE", "EXT_BIGINT", "EXT_BYTEARRAY"]
+__all__ = [
+    "flatten",
+    "Flat",
+    "unflatten",
+    "format_path",
+    "named_leaves",
+    "Route",
+    "NO_ROUTES",
+    "WalkTables",
+    "walk_tables",
+    "EXT_TUPLE",
+    "EXT_BIGINT",
+    "EXT_BYTEARRAY",
+]
 
 EXT_TUPLE, EXT_BIGINT, EXT_BYTEARRAY = 4, 5, 6
 _TENSOR_EXTS = (NUMPY, TORCH, SCALAR)
@@ -56,7 +82,6 @@ def format_path(path: list[Any]) -> str:
     return "root" + "".join(f"[{p!r}]" for p in path)
 
 
-_EMPTY = np.empty(0, dtype=np.uint8)
 _REFS: dict[int, list[msgpack.ExtType]] = {NUMPY: [], TORCH: [], SCALAR: []}
 """Interned references to the first table entries, by kind (msgpack's own ExtType constructor is slow)."""
 
@@ -95,7 +120,6 @@ class _Flattener:
         torch = sys.modules.get("torch")  # a torch tensor implies torch is imported
         self._tensor_type: Any = torch.Tensor if torch is not None else ()
         self._tensor_exact = (torch.Tensor, torch.nn.Parameter) if torch is not None else ()
-        self._by_torch = dtypes._torch_table() if torch is not None else {}
 
     def walk(self, obj: Any, depth: int) -> Any:
         t = type(obj)
@@ -168,7 +192,7 @@ class _Flattener:
             return self._add(leaf_from_numpy(obj, SCALAR), obj, SCALAR)
         if isinstance(obj, Quantized):
             kind = TORCH if obj.framework == "torch" else NUMPY
-            return self._add(tuple.__new__(Leaf, (kind, obj.dtype, obj.shape, _EMPTY, obj)), obj, kind)
+            return self._add(encoded_leaf(obj, kind), obj, kind)
         return self._torch_leaf(obj)
 
     def _numpy_leaf(self, obj: np.ndarray[Any, Any]) -> msgpack.ExtType:
@@ -176,14 +200,7 @@ class _Flattener:
         if seen is not None:
             return _ref(NUMPY, seen[1])
         self._by_id[id(obj)] = (obj, len(self.leaves))  # holding obj keeps its id unique
-        row = _BY_NUMPY.get(obj.dtype)
-        leaf: Leaf | None
-        if row is not None and row.name in _NUMPY_NATIVE and obj.flags.c_contiguous and _LITTLE:
-            # The common case in a few attribute reads: a native-endian contiguous array, kept as it is.
-            leaf = tuple.__new__(Leaf, (NUMPY, row, obj.shape, obj if obj.size else _EMPTY, None))
-        else:
-            leaf = leaf_from_numpy(obj if type(obj) is np.ndarray else obj.view(np.ndarray))
-        return self._add(leaf, obj, NUMPY)
+        return self._add(array_leaf(obj), obj, NUMPY)
 
     def _torch_leaf(self, obj: Any) -> msgpack.ExtType:
         # Tensors sharing storage, offset and layout (tied weights) are sent once.
@@ -207,25 +224,14 @@ class _Flattener:
                     ):
                         return _ref(TORCH, index)
                 same_ptr.append((obj, len(self.leaves)))
-        row = self._by_torch.get(obj.dtype)
-        if row is not None and row.name in _NUMPY_NATIVE and _LITTLE:
-            # The common case cheaply: a contiguous CPU tensor of a dtype numpy has.
-            try:
-                arr = obj.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
-            except (RuntimeError, TypeError):
-                arr = None
-            if arr is not None and arr.flags.c_contiguous:
-                return self._add(
-                    tuple.__new__(Leaf, (TORCH, row, arr.shape, arr if arr.size else _EMPTY, None)), obj, TORCH
-                )
         leaf: Leaf | None
         if self.devices is not None and obj.device.type not in ("cpu", "meta"):
-            leaf = _device_leaf(obj)
+            leaf = device_leaf(obj)
             if leaf is not None:
                 self.devices[len(self.leaves)] = obj
         else:
             try:
-                leaf = leaf_from_torch(obj)
+                leaf = tensor_leaf(obj)
             except TypeError as e:
                 raise _PathError(TypeError, str(e)) from None
         return self._add(leaf, obj, TORCH)
@@ -255,22 +261,22 @@ def _bigint(v: int) -> msgpack.ExtType:
     return msgpack.ExtType(EXT_BIGINT, v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True))
 
 
-def _device_leaf(t: Any) -> Leaf | None:
-    """A placeholder leaf (no bytes yet) for a tensor left on its accelerator."""
-
-    row = dtypes.from_torch(t.dtype)
-    if row is None:
-        return None
-    return tuple.__new__(Leaf, (TORCH, row, tuple(t.shape), _EMPTY, None))
-
-
 def _pack(obj: Any) -> bytes:
     return wire.packb(obj)
 
 
-def flatten(
-    obj: Any, max_depth: int, names: bool = False, devices: dict[int, Any] | None = None
-) -> tuple[bytes, list[Leaf], list[str] | None]:
+class Flat(NamedTuple):
+    """A flattened tree: what ``flatten`` gives."""
+
+    tree: bytes
+    """The tree's msgpack bytes, tensors replaced by references."""
+    leaves: list[Leaf]
+    """The tensors, in table order."""
+    names: list[str] | None
+    """Their dotted paths, where asked for."""
+
+
+def flatten(obj: Any, max_depth: int, names: bool = False, devices: dict[int, Any] | None = None) -> Flat:
     """msgpack bytes of the tree, its tensors in table order and (if ``names``) their dotted paths.
 
     With ``devices``, tensors on an accelerator get an empty leaf and are
@@ -280,51 +286,87 @@ def flatten(
     """
     fast = _c.wire()
     if fast is not None and not names and devices is None:
-        done = fast.plain_walk(obj, max_depth, *_plain_walk_tables())
+        done = fast.plain_walk(obj, max_depth, walk_tables())
         if done is not None:
-            return _pack(done[0]), done[1], None
+            return Flat(_pack(done[0]), done[1], None)
     f = _Flattener(max_depth, names, devices)
     try:
         tree = f.walk(obj, 0)
     except _PathError as e:
         raise e.exc_type(f"{format_path(e.path[::-1])}: {e.message}") from None
-    return _pack(tree), f.leaves, f.names
+    return Flat(_pack(tree), f.leaves, f.names)
 
 
-def _plain_walk_tables() -> tuple[Any, ...]:
-    """What ``_fastwire.plain_walk`` needs: dtype tables of numpy's own dtypes, the types it handles."""
-    torch = sys.modules.get("torch")
+class WalkTables(NamedTuple):
+    """What ``_fastwire.plain_walk`` reads, by position: dtype tables of numpy's own dtypes, the types it handles."""
+
+    numpy_rows: dict[Any, DType]
+    torch_rows: dict[Any, tuple[DType, int, bool]]
+    """torch dtype -> (row, itemsize, is_complex)."""
+    ndarray_type: type
+    tensor_types: tuple[type, ...]
+    """The exact torch tensor types (empty without torch)."""
+    leaf_type: type
+    ext_type: type
+    empty: np.ndarray[Any, Any]
+    numpy_refs: list[msgpack.ExtType]
+    torch_refs: list[msgpack.ExtType]
+    strided: Any
+    """``torch.strided``, or None without torch."""
+
+
+def walk_tables() -> WalkTables:
+    """The tables of ``_fastwire.plain_walk``, built once (again once torch is imported)."""
     global _TABLES
-    if _TABLES is None or (torch is not None and not _TABLES[3]):
-        numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in _NUMPY_NATIVE}
-        torch_rows: dict[Any, Any] = {}
-        tensor_types: tuple[Any, ...] = ()
+    torch = sys.modules.get("torch")
+    if _TABLES is None or (torch is not None and not _TABLES.tensor_types):
+        numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in NUMPY_NATIVE}
+        torch_rows: dict[Any, tuple[DType, int, bool]] = {}
+        tensor_types: tuple[type, ...] = ()
         strided = None
         if torch is not None:
             torch_rows = {
                 t: (row, row.itemsize, row.is_complex)
-                for t, row in dtypes._torch_table().items()
-                if row.name in _NUMPY_NATIVE
+                for t, row in dtypes.torch_table().items()
+                if row.name in NUMPY_NATIVE
             }
             tensor_types = (torch.Tensor, torch.nn.Parameter)
             strided = torch.strided
-        refs = (_REFS[NUMPY], _REFS[TORCH])
-        _TABLES = (numpy_rows, torch_rows, np.ndarray, tensor_types, Leaf, msgpack.ExtType, _EMPTY, *refs, strided)
+        _TABLES = WalkTables(
+            numpy_rows,
+            torch_rows,
+            np.ndarray,
+            tensor_types,
+            Leaf,
+            msgpack.ExtType,
+            EMPTY,
+            _REFS[NUMPY],
+            _REFS[TORCH],
+            strided,
+        )
     return _TABLES
 
 
-_TABLES: tuple[Any, ...] | None = None
+_TABLES: WalkTables | None = None
 
 
-Route = tuple[list[Any], "list[Any] | Callable[[], list[Any] | None] | None", "Callable[[Any], Any] | None"]
-"""How ``_fasttree`` answers references of one kind without calling back: (cache, sources, convert).
+class Route(NamedTuple):
+    """How ``_fasttree`` answers references of one kind without calling back (it reads the fields by position).
 
-A reference to entry i answers ``cache[i]`` where that is not None; else, where ``sources[i]`` is
-not None, ``fn(*args)`` for a call ``(fn, *args)``, ``convert(sources[i])`` or ``sources[i]``
-itself, kept in ``cache[i]``; else ``tensor(i, kind)``. A call that raises leaves the entry to
-``tensor``. ``sources`` may be a function that makes them, called at the first reference that needs them.
-"""
-_NO_ROUTES: tuple[Route | None, ...] = wire._NO_ROUTES
+    A reference to entry i answers ``cache[i]`` where that is not None; else, where ``sources[i]`` is
+    not None, ``fn(*args)`` for a call ``(fn, *args)``, ``convert(sources[i])`` or ``sources[i]``
+    itself, kept in ``cache[i]``; else ``tensor(i, kind)``. A call that raises leaves the entry to
+    ``tensor``.
+    """
+
+    cache: list[Any]
+    sources: list[Any] | Callable[[], list[Any] | None] | None
+    """The sources, or a function that makes them, called at the first reference that needs them."""
+    convert: Callable[[Any], Any] | None
+
+
+NO_ROUTES: tuple[Route | None, ...] = wire.NO_ROUTES
+"""Routes where no tables are laid out: every reference calls ``tensor``."""
 
 
 def unflatten(
@@ -332,7 +374,7 @@ def unflatten(
     tensor: Callable[[int, int], Any],
     n_tensors: int,
     max_depth: int,
-    routes: tuple[Route | None, ...] = _NO_ROUTES,
+    routes: tuple[Route | None, ...] = NO_ROUTES,
 ) -> Any:
     """The tree from its msgpack bytes; ``tensor(index, kind)`` resolves references.
 
