@@ -176,7 +176,9 @@ def to_f32(x: AnyArray, out: AnyArray) -> AnyArray:
 def abs_bits(x: AnyArray) -> AnyArray:
     """|x| as unsigned bit patterns (a per-thread scratch buffer): an integer max puts NaN above inf."""
     u = x.view(np.uint32 if x.dtype == F32 else np.uint16)
-    return np.bitwise_and(u, u.dtype.type(ABS_MASK[x.dtype]), out=scratch("absbits", u.size, u.dtype))
+    out = scratch("absbits", u.size, u.dtype)
+    np.bitwise_and(u, u.dtype.type(ABS_MASK[x.dtype]), out=out)
+    return out
 
 
 def bits_to_f32(m: AnyArray, dtype: np.dtype[Any]) -> F32Array:
