@@ -371,19 +371,29 @@ class BlockLayout:
             return np.concatenate(parts, dtype=np.float32, casting="unsafe")
         return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
+    def part(self, b0: int, b1: int) -> tuple[slice, slice, slice, tuple[int, int]]:
+        """The tensors that blocks ``[b0, b1)`` touch, their positions, their blocks, and the span counted from them.
+
+        A C call gets only those tensors (the kernels take every tensor's buffer they are handed)."""
+        if b0 == b1:
+            return slice(0, 0), slice(0, 0), slice(0, 0), (0, 0)
+        be = self.block_ends
+        i, j = bisect_right(be, b0) - 1, bisect_right(be, b1 - 1)
+        return slice(i, j), slice(self.ends[i], self.ends[j]), slice(be[i], be[j]), (b0 - be[i], b1 - be[i])
+
     def split(self, codes: AnyArray, absmax: F32Array, unit: int = 1) -> list[tuple[AnyArray, F32Array]]:
         """Each tensor's codes (``unit`` positions per code) and absmax: views into the shared outputs."""
-        ends, bends, sizes = self.ends, self.block_ends, self.sizes
-        u = unit
+        ends = self.ends if unit == 1 else [e // unit for e in self.ends]  # a padded tensor's span is even
         return [
-            (codes[ends[i] // u : (ends[i] + sizes[i] + u - 1) // u], absmax[bends[i] : bends[i + 1]])
-            for i in range(len(sizes))
+            (codes[c0:c1], absmax[b0:b1])
+            for (c0, c1), (b0, b1) in zip(pairwise(ends), pairwise(self.block_ends), strict=True)
         ]
 
     def values(self, out: AnyArray) -> list[AnyArray]:
         """Each tensor's values in a dequantized output laid out like this layout (pads skipped)."""
-        ends, sizes = self.ends, self.sizes
-        return [out[ends[i] : ends[i] + sizes[i]] for i in range(len(sizes))]
+        if not self.pad_odd:
+            return [out[e0:e1] for e0, e1 in pairwise(self.ends)]
+        return [out[e : e + n] for e, n in zip(self.ends, self.sizes, strict=False)]
 
 
 # ------------------------------------------------------------------------------------------------ the scheduler
@@ -619,8 +629,13 @@ def _quantize8(arrays: list[AnyArray], bs: int, lut: Lut8) -> list[tuple[U8Array
     absmax = np.empty(lay.nblocks, dtype=np.float32)
     native = _c.kernels()
     if native is not None:
-        src = (arrays, bytes([KINDS[a.dtype] for a in arrays]))
-        run_blocks(lay, lambda b0, b1: native.quantize8(src, bs, lut.lut, (codes, absmax), (b0, b1)), None)
+        kinds = bytes([KINDS[a.dtype] for a in arrays])
+
+        def call(b0: int, b1: int) -> None:
+            t, e, b, span = lay.part(b0, b1)
+            native.quantize8((arrays[t], kinds[t]), bs, lut.lut, (codes[e], absmax[b]), span)
+
+        run_blocks(lay, call, None)
     else:
 
         def body(b0: int, b1: int) -> None:
@@ -670,8 +685,13 @@ def _dequantize8(qs: list[U8Array], ams: list[F32Array], bs: int, dtype: Any, lu
     out = np.empty(lay.total, dtype=out_dtype(dtype))
     native = _c.kernels()
     if native is not None:
-        dst = (out, KINDS[out.dtype])
-        run_blocks(lay, lambda b0, b1: native.dequantize8((qs, ams), bs, lut.code, dst, (b0, b1)), None)
+        kind = KINDS[out.dtype]
+
+        def call(b0: int, b1: int) -> None:
+            t, e, _, span = lay.part(b0, b1)
+            native.dequantize8((qs[t], ams[t]), bs, lut.code, (out[e], kind), span)
+
+        run_blocks(lay, call, None)
     else:
 
         def body(b0: int, b1: int) -> None:
@@ -874,8 +894,14 @@ def _quantize4(arrays: list[AnyArray], bs: int, table: Table4) -> list[tuple[U8A
     absmax = np.empty(lay.nblocks, dtype=np.float32)
     native = _c.kernels()
     if native is not None:
-        src = (arrays, bytes([KINDS[a.dtype] for a in arrays]))
-        run_blocks(lay, lambda b0, b1: native.quantize4(src, bs, table.native, (packed, absmax), (b0, b1)), None)
+        kinds = bytes([KINDS[a.dtype] for a in arrays])
+
+        def call(b0: int, b1: int) -> None:
+            t, e, b, span = lay.part(b0, b1)
+            out = (packed[e.start // 2 : e.stop // 2], absmax[b])
+            native.quantize4((arrays[t], kinds[t]), bs, table.native, out, span)
+
+        run_blocks(lay, call, None)
     else:
 
         def body(b0: int, b1: int) -> None:
@@ -928,8 +954,13 @@ def _dequantize4(
     out = np.empty(lay.total, dtype=out_dtype(dtype))
     native = _c.kernels()
     if native is not None:
-        dst = (out, KINDS[out.dtype])
-        run_blocks(lay, lambda b0, b1: native.dequantize4((ps, ams, ns), bs, table.values, dst, (b0, b1)), None)
+        kind = KINDS[out.dtype]
+
+        def call(b0: int, b1: int) -> None:
+            t, e, _, span = lay.part(b0, b1)
+            native.dequantize4((ps[t], ams[t], ns[t]), bs, table.values, (out[e], kind), span)
+
+        run_blocks(lay, call, None)
     else:
 
         def body(b0: int, b1: int) -> None:
