@@ -493,6 +493,88 @@ def run_blocks(layout: BlockLayout, call: Callable[[int, int], None], chunk: int
         f.result()
 
 
+# ------------------------------------------------------------------------------------------------ dispatch
+
+QuantizeBody = Callable[[AnyArray, Blocks, Any, U8Array, F32Array], None]
+DequantizeBody = Callable[[U8Array, Blocks, F32Array, Any, AnyArray], None]
+
+
+def quantize_layout(
+    arrays: list[AnyArray],
+    bs: int,
+    pad_odd: bool,
+    kernel: Callable[..., None] | None,
+    tables: tuple[Any, Any],
+    body: QuantizeBody,
+) -> list[tuple[U8Array, F32Array]]:
+    """``(codes, absmax)`` of each tensor, laid end to end, by a family's C ``kernel`` (None: its numpy ``body``).
+
+    ``tables``: what the C kernel takes and what the body takes; ``pad_odd``: 4-bit (two codes a byte).
+    """
+    unit = 2 if pad_odd else 1
+    lay = BlockLayout([a.size for a in arrays], bs, pad_odd)
+    codes = np.empty(lay.total // unit, dtype=np.uint8)
+    absmax = np.empty(lay.nblocks, dtype=np.float32)
+    if kernel is not None:
+        c_kernel, kinds = kernel, bytes([KINDS[a.dtype] for a in arrays])
+
+        def call(b0: int, b1: int) -> None:
+            t, e, b, span = lay.part(b0, b1)
+            c_kernel((arrays[t], kinds[t]), bs, tables[0], (codes[e.start // unit : e.stop // unit], absmax[b]), span)
+
+        run_blocks(lay, call, None)
+    else:
+
+        def run(b0: int, b1: int) -> None:
+            e0, e1 = lay.block_start(b0) // unit, lay.block_start(b1) // unit
+            with np.errstate(all="ignore"):
+                body(lay.gather(arrays, b0, b1), lay.run(b0, b1), tables[1], codes[e0:e1], absmax[b0:b1])
+
+        run_blocks(lay, run, NUMPY_CHUNK)
+    return lay.split(codes, absmax, unit)
+
+
+def dequantize_layout(
+    codes: list[U8Array],
+    absmaxes: list[F32Array],
+    counts: list[int],
+    bs: int,
+    dtype: np.dtype[Any],
+    kernel: Callable[..., None] | None,
+    tables: tuple[Any, Any],
+    body: DequantizeBody,
+    pad_odd: bool,
+) -> list[AnyArray]:
+    """Values of tensors' codes and absmax by a family's C ``kernel`` (None: its numpy ``body``), in one buffer."""
+    unit = 2 if pad_odd else 1
+    for q, am, n in zip(codes, absmaxes, counts, strict=True):
+        if n < 0 or q.size != (n + unit - 1) // unit:
+            raise ValueError(f"{n} codes take {(n + unit - 1) // unit} bytes, got {q.size}")
+        if am.size != nblocks_of(n, bs):
+            raise ValueError(f"{n} codes in blocks of {bs} need {nblocks_of(n, bs)} absmax values, got {am.size}")
+    lay = BlockLayout(counts, bs, pad_odd)
+    out = np.empty(lay.total, dtype=dtype)
+    if kernel is not None:
+        c_kernel, kind = kernel, KINDS[dtype]
+
+        def call(b0: int, b1: int) -> None:
+            t, e, _, span = lay.part(b0, b1)
+            src = (codes[t], absmaxes[t], counts[t]) if pad_odd else (codes[t], absmaxes[t])
+            c_kernel(src, bs, tables[0], (out[e], kind), span)
+
+        run_blocks(lay, call, None)
+    else:
+
+        def run(b0: int, b1: int) -> None:
+            e0, e1 = lay.block_start(b0), lay.block_start(b1)
+            q, am = lay.gather(codes, b0, b1, unit), lay.gather(absmaxes, b0, b1, unit=0)
+            with np.errstate(all="ignore"):
+                body(q, lay.run(b0, b1), am, tables[1], out[e0:e1])
+
+        run_blocks(lay, run, NUMPY_CHUNK)
+    return lay.values(out)
+
+
 # ================================================================================================ 8-bit
 # The dynamic map, bitsandbytes' 65536-entry code lookup, the one 8-bit body and its entry points.
 
@@ -623,30 +705,6 @@ def dequantize8_blocks(q: U8Array, blocks: Blocks, absmax: F32Array, lut: Lut8, 
     np.copyto(out, v, casting="unsafe")
 
 
-def _quantize8(arrays: list[AnyArray], bs: int, lut: Lut8) -> list[tuple[U8Array, F32Array]]:
-    lay = BlockLayout([a.size for a in arrays], bs, pad_odd=False)
-    codes = np.empty(lay.total, dtype=np.uint8)
-    absmax = np.empty(lay.nblocks, dtype=np.float32)
-    native = _c.kernels()
-    if native is not None:
-        kinds = bytes([KINDS[a.dtype] for a in arrays])
-
-        def call(b0: int, b1: int) -> None:
-            t, e, b, span = lay.part(b0, b1)
-            native.quantize8((arrays[t], kinds[t]), bs, lut.lut, (codes[e], absmax[b]), span)
-
-        run_blocks(lay, call, None)
-    else:
-
-        def body(b0: int, b1: int) -> None:
-            e0, e1 = lay.block_start(b0), lay.block_start(b1)
-            with np.errstate(all="ignore"):
-                quantize8_blocks(lay.gather(arrays, b0, b1), lay.run(b0, b1), lut, codes[e0:e1], absmax[b0:b1])
-
-        run_blocks(lay, body, NUMPY_CHUNK)
-    return lay.split(codes, absmax)
-
-
 def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = None) -> tuple[U8Array, F32Array]:
     """8-bit blockwise quantization as bitsandbytes' ``quantize_blockwise`` on CPU: ``(codes, absmax)``.
 
@@ -664,6 +722,19 @@ def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = N
     return _quantize8([as_source(x)], check_blocksize(blocksize), lut8(code))[0]
 
 
+def _quantize8(arrays: list[AnyArray], bs: int, lut: Lut8) -> list[tuple[U8Array, F32Array]]:
+    native = _c.kernels()
+    kernel = None if native is None else native.quantize8
+    return quantize_layout(arrays, bs, False, kernel, (lut.lut, lut), quantize8_blocks)
+
+
+def _dequantize8(qs: list[U8Array], ams: list[F32Array], bs: int, dtype: Any, lut: Lut8) -> list[AnyArray]:
+    native = _c.kernels()
+    kernel = None if native is None else native.dequantize8
+    counts = [q.size for q in qs]
+    return dequantize_layout(qs, ams, counts, bs, out_dtype(dtype), kernel, (lut.code, lut), dequantize8_blocks, False)
+
+
 def quantize_blockwise8_batch(
     xs: Sequence[Any], blocksize: int = 4096, code: AnyArray | None = None
 ) -> list[tuple[U8Array, F32Array]]:
@@ -673,35 +744,6 @@ def quantize_blockwise8_batch(
     may be views into shared buffers.
     """
     return _quantize8([as_source(x) for x in xs], check_blocksize(blocksize), lut8(code))
-
-
-def _dequantize8(qs: list[U8Array], ams: list[F32Array], bs: int, dtype: Any, lut: Lut8) -> list[AnyArray]:
-    for q, am in zip(qs, ams, strict=True):
-        if am.size != nblocks_of(q.size, bs):
-            raise ValueError(
-                f"{q.size} codes in blocks of {bs} need {nblocks_of(q.size, bs)} absmax values, got {am.size}"
-            )
-    lay = BlockLayout([q.size for q in qs], bs, pad_odd=False)
-    out = np.empty(lay.total, dtype=out_dtype(dtype))
-    native = _c.kernels()
-    if native is not None:
-        kind = KINDS[out.dtype]
-
-        def call(b0: int, b1: int) -> None:
-            t, e, _, span = lay.part(b0, b1)
-            native.dequantize8((qs[t], ams[t]), bs, lut.code, (out[e], kind), span)
-
-        run_blocks(lay, call, None)
-    else:
-
-        def body(b0: int, b1: int) -> None:
-            e0, e1 = lay.block_start(b0), lay.block_start(b1)
-            am = lay.gather(ams, b0, b1, unit=0)
-            with np.errstate(all="ignore"):
-                dequantize8_blocks(lay.gather(qs, b0, b1), lay.run(b0, b1), am, lut, out[e0:e1])
-
-        run_blocks(lay, body, NUMPY_CHUNK)
-    return lay.values(out)
 
 
 def dequantize_blockwise8(
@@ -888,31 +930,6 @@ def dequantize4_blocks(p: U8Array, blocks: Blocks, absmax: F32Array, table: Tabl
     np.copyto(out, v[: out.size], casting="unsafe")
 
 
-def _quantize4(arrays: list[AnyArray], bs: int, table: Table4) -> list[tuple[U8Array, F32Array]]:
-    lay = BlockLayout([a.size for a in arrays], bs, pad_odd=True)
-    packed = np.empty(lay.total // 2, dtype=np.uint8)
-    absmax = np.empty(lay.nblocks, dtype=np.float32)
-    native = _c.kernels()
-    if native is not None:
-        kinds = bytes([KINDS[a.dtype] for a in arrays])
-
-        def call(b0: int, b1: int) -> None:
-            t, e, b, span = lay.part(b0, b1)
-            out = (packed[e.start // 2 : e.stop // 2], absmax[b])
-            native.quantize4((arrays[t], kinds[t]), bs, table.native, out, span)
-
-        run_blocks(lay, call, None)
-    else:
-
-        def body(b0: int, b1: int) -> None:
-            e0, e1 = lay.block_start(b0) // 2, lay.block_start(b1) // 2
-            with np.errstate(all="ignore"):
-                quantize4_blocks(lay.gather(arrays, b0, b1), lay.run(b0, b1), table, packed[e0:e1], absmax[b0:b1])
-
-        run_blocks(lay, body, NUMPY_CHUNK)
-    return lay.split(packed, absmax, unit=2)
-
-
 def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple[U8Array, F32Array]:
     """4-bit quantization as bitsandbytes' ``quantize_4bit`` on CPU: ``(packed, absmax)``.
 
@@ -930,6 +947,20 @@ def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple
     return _quantize4([as_source(x)], bs, table)[0]
 
 
+def _quantize4(arrays: list[AnyArray], bs: int, table: Table4) -> list[tuple[U8Array, F32Array]]:
+    native = _c.kernels()
+    kernel = None if native is None else native.quantize4
+    return quantize_layout(arrays, bs, True, kernel, (table.native, table), quantize4_blocks)
+
+
+def _dequantize4(
+    ps: list[U8Array], ams: list[F32Array], ns: list[int], bs: int, dtype: Any, table: Table4
+) -> list[AnyArray]:
+    native = _c.kernels()
+    kernel = None if native is None else native.dequantize4
+    return dequantize_layout(ps, ams, ns, bs, out_dtype(dtype), kernel, (table.values, table), dequantize4_blocks, True)
+
+
 def quantize_4bit_batch(
     xs: Sequence[Any], quant_type: str = "nf4", blocksize: int = 64
 ) -> list[tuple[U8Array, F32Array]]:
@@ -940,37 +971,6 @@ def quantize_4bit_batch(
     """
     table, bs = check_4bit(quant_type, blocksize)
     return _quantize4([as_source(x) for x in xs], bs, table)
-
-
-def _dequantize4(
-    ps: list[U8Array], ams: list[F32Array], ns: list[int], bs: int, dtype: Any, table: Table4
-) -> list[AnyArray]:
-    for p, am, n in zip(ps, ams, ns, strict=True):
-        if n < 0 or p.size != (n + 1) // 2:
-            raise ValueError(f"{n} 4-bit codes take {(n + 1) // 2} bytes, got {p.size}")
-        if am.size != nblocks_of(n, bs):
-            raise ValueError(f"{n} codes in blocks of {bs} need {nblocks_of(n, bs)} absmax values, got {am.size}")
-    lay = BlockLayout(ns, bs, pad_odd=True)
-    out = np.empty(lay.total, dtype=out_dtype(dtype))
-    native = _c.kernels()
-    if native is not None:
-        kind = KINDS[out.dtype]
-
-        def call(b0: int, b1: int) -> None:
-            t, e, _, span = lay.part(b0, b1)
-            native.dequantize4((ps[t], ams[t], ns[t]), bs, table.values, (out[e], kind), span)
-
-        run_blocks(lay, call, None)
-    else:
-
-        def body(b0: int, b1: int) -> None:
-            e0, e1 = lay.block_start(b0), lay.block_start(b1)
-            am = lay.gather(ams, b0, b1, unit=0)
-            with np.errstate(all="ignore"):
-                dequantize4_blocks(lay.gather(ps, b0, b1, unit=2), lay.run(b0, b1), am, table, out[e0:e1])
-
-        run_blocks(lay, body, NUMPY_CHUNK)
-    return lay.values(out)
 
 
 def dequantize_4bit(
