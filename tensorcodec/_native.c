@@ -483,364 +483,292 @@ static void free_buffers(Py_buffer *views, Py_ssize_t count)
     PyMem_Free(views);
 }
 
+/* ------------------------------------------------------------------------------------------ layout */
+
+/* Every kernel takes a layout: tensors laid end to end, each starting its own blocks (and, for 4-bit,
+ * its own byte: an odd tensor takes one more position, the pad), and a span [start, stop) of the blocks
+ * counted across all of them, so that one call does a single tensor, a batch, or a thread's share of
+ * either. Outputs are laid out as kernels.py's BlockLayout says: codes (or values) at the tensor's
+ * positions, one absmax per block. */
+typedef struct {
+    Py_ssize_t count, bs, *n; /* tensors, block size, elements of each */
+    int pad_odd;
+} Layout;
+
+/* Where one tensor's share of a span lies: blocks [b0, b1) of it, its first position and first block. */
+typedef struct {
+    Py_ssize_t i, n, b0, b1, pos, block;
+} Part;
+
+typedef void (*part_fn)(const void *ctx, const Part *part);
+
+/* Calls fn for every tensor with blocks in [start, stop): the one loop over a layout. */
+static void for_parts(const Layout *l, Py_ssize_t start, Py_ssize_t stop, part_fn fn, const void *ctx)
+{
+    Part p = {0};
+    for (p.i = 0; p.i < l->count && p.block < stop; p.i++) {
+        p.n = l->n[p.i];
+        Py_ssize_t nb = nblocks_of(p.n, l->bs);
+        p.b0 = start > p.block ? start - p.block : 0;
+        p.b1 = stop - p.block < nb ? stop - p.block : nb;
+        if (p.b0 < p.b1)
+            fn(ctx, &p);
+        p.block += nb;
+        p.pos += p.n + (l->pad_odd ? p.n % 2 : 0);
+    }
+}
+
+/* Totals of a layout: positions and blocks, checked against overflow. */
+static int layout_totals(const Layout *l, Py_ssize_t *positions, Py_ssize_t *blocks)
+{
+    *positions = *blocks = 0;
+    for (Py_ssize_t i = 0; i < l->count; i++) {
+        Py_ssize_t n = l->n[i];
+        if (n > PY_SSIZE_T_MAX / 8 - *positions) {
+            PyErr_SetString(PyExc_OverflowError, "too many values");
+            return -1;
+        }
+        *positions += n + (l->pad_odd ? n % 2 : 0);
+        *blocks += nblocks_of(n, l->bs);
+    }
+    return 0;
+}
+
+/* The buffers of a sequence (srcs, codes or absmaxes) with their count; release with free_buffers. */
+typedef struct {
+    PyObject *seq;
+    Py_buffer *views;
+    Py_ssize_t count;
+} Buffers;
+
+static int get_buffers(Buffers *b, PyObject *obj, const char *what)
+{
+    if ((b->seq = PySequence_Fast(obj, "expected a sequence of buffers")) == NULL)
+        return -1;
+    b->count = PySequence_Fast_GET_SIZE(b->seq);
+    if ((b->views = item_buffers(b->seq, b->count, what)) == NULL) {
+        b->count = 0;
+        return -1;
+    }
+    return 0;
+}
+
+static void drop_buffers(Buffers *b)
+{
+    free_buffers(b->views, b->count);
+    Py_XDECREF(b->seq);
+}
+
+/* Element counts of a layout from its sources (each of its kind, whole elements), or from a
+ * sequence of ints (counts != NULL); n is PyMem-allocated, to be freed by the caller. */
+static int layout_of(Layout *l, const Buffers *src, const Py_buffer *kinds, PyObject *counts, Py_ssize_t bs,
+                     int pad_odd)
+{
+    l->count = src->count;
+    l->bs = bs;
+    l->pad_odd = pad_odd;
+    if ((l->n = PyMem_Calloc((size_t)(l->count ? l->count : 1), sizeof(Py_ssize_t))) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (check_blocksize(bs, pad_odd))
+        return -1;
+    if (kinds != NULL) {
+        if (check_len(kinds, l->count, "kinds"))
+            return -1;
+        const unsigned char *k = kinds->buf;
+        for (Py_ssize_t i = 0; i < l->count; i++)
+            if (check_kind(k[i], "kinds[i]") || count_of(&src->views[i], k[i], "a source", &l->n[i]))
+                return -1;
+        return 0;
+    }
+    if (counts == NULL) /* the caller fills the counts in */
+        return 0;
+    PyObject *seq = PySequence_Fast(counts, "counts must be a sequence");
+    if (seq == NULL)
+        return -1;
+    int bad = PySequence_Fast_GET_SIZE(seq) != l->count;
+    if (bad)
+        PyErr_SetString(PyExc_ValueError, "counts and codes differ in length");
+    for (Py_ssize_t i = 0; !bad && i < l->count; i++) {
+        l->n[i] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i), PyExc_OverflowError);
+        bad = l->n[i] == -1 && PyErr_Occurred();
+        if (!bad && l->n[i] < 0) {
+            PyErr_Format(PyExc_ValueError, "counts[%zd] is negative", i);
+            bad = 1;
+        }
+    }
+    Py_DECREF(seq);
+    return bad ? -1 : 0;
+}
+
+/* Each tensor's codes (per_code positions a byte: 1 or 2) and absmax hold what its count needs. */
+static int check_codes(const Layout *l, const Buffers *codes, const Buffers *absmax, int per_code)
+{
+    if (codes->count != l->count || absmax->count != l->count) {
+        PyErr_SetString(PyExc_ValueError, "codes, absmaxes and counts differ in length");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < l->count; i++) {
+        Py_ssize_t n = l->n[i];
+        if (check_len(&codes->views[i], n / per_code + n % per_code, "codes") ||
+            check_len(&absmax->views[i], 4 * nblocks_of(n, l->bs), "an absmax"))
+            return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------ functions */
 
-PyDoc_STRVAR(quantize8_doc, "quantize8(src, kind, blocksize, lut, codes, absmax, start, stop)\n\n"
-                            "8-bit codes and absmax of blocks [start, stop) of src.");
+typedef struct {
+    const Py_buffer *src;
+    const unsigned char *kinds;
+    const void *table; /* the 8-bit lut or a Table4 */
+    unsigned char *codes, *absmax;
+    Py_ssize_t bs;
+} QuantizeJob;
 
-static PyObject *quantize8(PyObject *self, PyObject *args)
+static void q8_part(const void *ctx, const Part *p)
 {
-    Py_buffer v[4] = {{0}};
-    int kind;
-    Py_ssize_t bs, start, stop, n;
-    if (!PyArg_ParseTuple(args, "y*iny*w*w*nn:quantize8", &v[0], &kind, &bs, &v[1], &v[2], &v[3], &start, &stop))
+    const QuantizeJob *j = ctx;
+    q8_run(j->src[p->i].buf, j->kinds[p->i], p->n, j->bs, p->b0, p->b1, j->table, j->codes + p->pos,
+           j->absmax + 4 * p->block);
+}
+
+static void q4_part(const void *ctx, const Part *p)
+{
+    const QuantizeJob *j = ctx;
+    q4_run(j->src[p->i].buf, j->kinds[p->i], p->n, j->bs, p->b0, p->b1, j->table, j->codes + p->pos / 2,
+           j->absmax + 4 * p->block);
+}
+
+/* quantize8 and quantize4: sources (srcs, kinds), the table, outputs (codes, absmax), the span. */
+static PyObject *quantize(PyObject *args, int four_bit)
+{
+    PyObject *srcs, *res = NULL;
+    Py_buffer kinds = {0}, lut = {0}, t4[3] = {{0}}, out[2] = {{0}};
+    Py_ssize_t bs, start, stop, positions, blocks;
+    Buffers src = {0};
+    Layout l = {0};
+    Table4 table;
+    int ok = four_bit ? PyArg_ParseTuple(args, "(Oy*)n(y*y*y*)(w*w*)(nn):quantize4", &srcs, &kinds, &bs, &t4[0],
+                                         &t4[1], &t4[2], &out[0], &out[1], &start, &stop)
+                      : PyArg_ParseTuple(args, "(Oy*)ny*(w*w*)(nn):quantize8", &srcs, &kinds, &bs, &lut, &out[0],
+                                         &out[1], &start, &stop);
+    if (!ok)
         return NULL;
-    PyObject *res = NULL;
-    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || count_of(&v[0], kind, "src", &n))
+    if ((four_bit ? load_table4(&table, &t4[0], &t4[1], &t4[2]) : check_len(&lut, 65536, "lut")) ||
+        get_buffers(&src, srcs, "srcs") || layout_of(&l, &src, &kinds, NULL, bs, four_bit) ||
+        layout_totals(&l, &positions, &blocks) ||
+        check_len(&out[0], four_bit ? positions / 2 : positions, four_bit ? "packed" : "codes") ||
+        check_len(&out[1], 4 * blocks, "absmax") || check_range(start, stop, blocks))
         goto done;
-    Py_ssize_t nb = nblocks_of(n, bs);
-    if (check_len(&v[1], 65536, "lut") || check_len(&v[2], n, "codes") || check_len(&v[3], 4 * nb, "absmax") ||
-        check_range(start, stop, nb))
-        goto done;
+    QuantizeJob job = {src.views, kinds.buf, four_bit ? (const void *)&table : lut.buf, out[0].buf, out[1].buf, bs};
     Py_BEGIN_ALLOW_THREADS
-    q8_run(v[0].buf, kind, n, bs, start, stop, v[1].buf, v[2].buf, v[3].buf);
+    for_parts(&l, start, stop, four_bit ? q4_part : q8_part, &job);
     Py_END_ALLOW_THREADS
     res = Py_NewRef(Py_None);
 done:
-    release(v, 4);
+    PyMem_Free(l.n);
+    drop_buffers(&src);
+    release(&kinds, 1);
+    release(&lut, 1);
+    release(t4, 3);
+    release(out, 2);
     return res;
 }
 
-PyDoc_STRVAR(dequantize8_doc, "dequantize8(codes, absmax, blocksize, table, out, kind, start, stop)\n\n"
-                              "Values of blocks [start, stop) of 8-bit codes into out (of the given kind).");
+PyDoc_STRVAR(quantize8_doc, "quantize8((srcs, kinds), blocksize, lut, (codes, absmax), (start, stop))\n\n"
+                            "8-bit codes and absmax of blocks [start, stop) of the sources laid end to end.");
 
-static PyObject *dequantize8(PyObject *self, PyObject *args)
-{
-    Py_buffer v[4] = {{0}};
+static PyObject *quantize8(PyObject *self, PyObject *args) { return quantize(args, 0); }
+
+PyDoc_STRVAR(quantize4_doc, "quantize4((srcs, kinds), blocksize, (grid, bounds, order), (packed, absmax), (start, stop))\n\n"
+                            "Packed 4-bit codes and absmax of blocks [start, stop) of the sources laid end to end.");
+
+static PyObject *quantize4(PyObject *self, PyObject *args) { return quantize(args, 1); }
+
+typedef struct {
+    const Py_buffer *codes, *absmax;
+    const float *table;
+    unsigned char *out;
     int kind;
-    Py_ssize_t bs, start, stop, n;
-    if (!PyArg_ParseTuple(args, "y*y*ny*w*inn:dequantize8", &v[0], &v[1], &bs, &v[2], &v[3], &kind, &start, &stop))
-        return NULL;
-    PyObject *res = NULL;
+    Py_ssize_t bs;
+} DequantizeJob;
+
+static void dq8_part(const void *ctx, const Part *p)
+{
+    const DequantizeJob *j = ctx;
+    dq8_run(j->codes[p->i].buf, j->absmax[p->i].buf, p->n, j->bs, p->b0, p->b1, j->table,
+            j->out + p->pos * ITEMSIZE[j->kind], j->kind);
+}
+
+static void dq4_part(const void *ctx, const Part *p)
+{
+    const DequantizeJob *j = ctx;
+    dq4_run(j->codes[p->i].buf, j->absmax[p->i].buf, p->n, j->bs, p->b0, p->b1, j->table,
+            j->out + p->pos * ITEMSIZE[j->kind], j->kind);
+}
+
+/* dequantize8 and dequantize4: codes (codes, absmaxes[, counts]), the values, output (out, kind), the span. */
+static PyObject *dequantize(PyObject *args, int four_bit)
+{
+    PyObject *lq, *la, *lc = NULL, *res = NULL;
+    Py_buffer values = {0}, out = {0};
+    Py_ssize_t bs, start, stop, positions, blocks;
+    int kind;
+    Buffers q = {0}, am = {0};
+    Layout l = {0};
     float table[256];
-    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || check_len(&v[2], sizeof table, "table"))
+    int ok = four_bit ? PyArg_ParseTuple(args, "(OOO)ny*(w*i)(nn):dequantize4", &lq, &la, &lc, &bs, &values, &out,
+                                         &kind, &start, &stop)
+                      : PyArg_ParseTuple(args, "(OO)ny*(w*i)(nn):dequantize8", &lq, &la, &bs, &values, &out, &kind,
+                                         &start, &stop);
+    if (!ok)
+        return NULL;
+    Py_ssize_t entries = four_bit ? 16 : 256;
+    if (check_kind(kind, "kind") || check_len(&values, 4 * entries, "table") || get_buffers(&q, lq, "codes") ||
+        get_buffers(&am, la, "absmaxes"))
         goto done;
-    n = v[0].len;
-    Py_ssize_t nb = nblocks_of(n, bs);
-    if (check_len(&v[1], 4 * nb, "absmax") || check_len(&v[3], n * ITEMSIZE[kind], "out") ||
-        check_range(start, stop, nb))
+    if (four_bit ? layout_of(&l, &q, NULL, lc, bs, 1) : layout_of(&l, &q, NULL, NULL, bs, 0))
         goto done;
-    memcpy(table, v[2].buf, sizeof table);
+    if (!four_bit)
+        for (Py_ssize_t i = 0; i < l.count; i++)
+            l.n[i] = q.views[i].len;
+    if (check_codes(&l, &q, &am, four_bit ? 2 : 1) || layout_totals(&l, &positions, &blocks) ||
+        check_len(&out, positions * ITEMSIZE[kind], "out") || check_range(start, stop, blocks))
+        goto done;
+    memcpy(table, values.buf, (size_t)(4 * entries));
+    DequantizeJob job = {q.views, am.views, table, out.buf, kind, bs};
     Py_BEGIN_ALLOW_THREADS
-    dq8_run(v[0].buf, v[1].buf, n, bs, start, stop, table, v[3].buf, kind);
+    for_parts(&l, start, stop, four_bit ? dq4_part : dq8_part, &job);
     Py_END_ALLOW_THREADS
     res = Py_NewRef(Py_None);
 done:
-    release(v, 4);
+    PyMem_Free(l.n);
+    drop_buffers(&q);
+    drop_buffers(&am);
+    release(&values, 1);
+    release(&out, 1);
     return res;
 }
 
-PyDoc_STRVAR(quantize4_doc, "quantize4(src, kind, blocksize, grid, bounds, order, packed, absmax, start, stop)\n\n"
-                            "Packed 4-bit codes and absmax of blocks [start, stop) of src.");
+PyDoc_STRVAR(dequantize8_doc, "dequantize8((codes, absmaxes), blocksize, table, (out, kind), (start, stop))\n\n"
+                              "Values of blocks [start, stop) of 8-bit codes, laid end to end in out (of the given kind).");
 
-static PyObject *quantize4(PyObject *self, PyObject *args)
-{
-    Py_buffer v[6] = {{0}};
-    int kind;
-    Py_ssize_t bs, start, stop, n;
-    Table4 t;
-    if (!PyArg_ParseTuple(args, "y*iny*y*y*w*w*nn:quantize4", &v[0], &kind, &bs, &v[1], &v[2], &v[3], &v[4], &v[5],
-                          &start, &stop))
-        return NULL;
-    PyObject *res = NULL;
-    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || count_of(&v[0], kind, "src", &n) ||
-        load_table4(&t, &v[1], &v[2], &v[3]))
-        goto done;
-    Py_ssize_t nb = nblocks_of(n, bs);
-    if (check_len(&v[4], n / 2 + n % 2, "packed") || check_len(&v[5], 4 * nb, "absmax") ||
-        check_range(start, stop, nb))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    q4_run(v[0].buf, kind, n, bs, start, stop, &t, v[4].buf, v[5].buf);
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    release(v, 6);
-    return res;
-}
+static PyObject *dequantize8(PyObject *self, PyObject *args) { return dequantize(args, 0); }
 
-PyDoc_STRVAR(dequantize4_doc, "dequantize4(packed, absmax, blocksize, values, out, kind, start, stop)\n\n"
-                              "Values of blocks [start, stop) of packed 4-bit codes into out (its size gives the count).");
+PyDoc_STRVAR(dequantize4_doc, "dequantize4((packed, absmaxes, counts), blocksize, values, (out, kind), (start, stop))\n\n"
+                              "Values of blocks [start, stop) of packed 4-bit codes, laid end to end in out (an odd "
+                              "count takes one more position, left unwritten).");
 
-static PyObject *dequantize4(PyObject *self, PyObject *args)
-{
-    Py_buffer v[4] = {{0}};
-    int kind;
-    Py_ssize_t bs, start, stop, n;
-    float values[16];
-    if (!PyArg_ParseTuple(args, "y*y*ny*w*inn:dequantize4", &v[0], &v[1], &bs, &v[2], &v[3], &kind, &start, &stop))
-        return NULL;
-    PyObject *res = NULL;
-    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || check_len(&v[2], sizeof values, "values") ||
-        count_of(&v[3], kind, "out", &n))
-        goto done;
-    Py_ssize_t nb = nblocks_of(n, bs);
-    if (check_len(&v[0], n / 2 + n % 2, "packed") || check_len(&v[1], 4 * nb, "absmax") ||
-        check_range(start, stop, nb))
-        goto done;
-    memcpy(values, v[2].buf, sizeof values);
-    Py_BEGIN_ALLOW_THREADS
-    dq4_run(v[0].buf, v[1].buf, n, bs, start, stop, values, v[3].buf, kind);
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    release(v, 4);
-    return res;
-}
-
-/* ------------------------------------------------------------------------------------------ batches */
-
-/* The batch functions take many tensors in one call (a Python call each would cost more than the
- * work); each tensor starts its own blocks (and, for 4-bit, its own byte), and outputs are laid end
- * to end in the order given. */
-
-/* The sources of a quantize batch (srcs, with kinds: one byte each), held: their buffers, each checked to
- * hold whole elements of its kind, or NULL with an exception. *seq and *count are set for the caller to
- * release (free_buffers(src, count), then *seq). */
-static Py_buffer *batch_sources(PyObject *list, const Py_buffer *kinds, PyObject **seq, Py_ssize_t *count)
-{
-    if ((*seq = PySequence_Fast(list, "srcs must be a sequence")) == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(*seq), elements;
-    if (check_len(kinds, n, "kinds"))
-        return NULL;
-    Py_buffer *src = item_buffers(*seq, n, "srcs");
-    if (src == NULL)
-        return NULL;
-    *count = n;
-    const unsigned char *kind = kinds->buf;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (check_kind(kind[i], "kinds[i]") || count_of(&src[i], kind[i], "a source", &elements)) {
-            free_buffers(src, n);
-            *count = 0;
-            return NULL;
-        }
-    return src;
-}
-
-PyDoc_STRVAR(quantize8_batch_doc, "quantize8_batch(srcs, kinds, blocksize, lut, codes, absmax)\n\n"
-                                  "quantize8 of each source (kinds: one byte each), outputs end to end.");
-
-static PyObject *quantize8_batch(PyObject *self, PyObject *args)
-{
-    PyObject *list, *seq = NULL, *res = NULL;
-    Py_buffer v[4] = {{0}}, *src = NULL;
-    Py_ssize_t bs, count = 0, total = 0, blocks = 0;
-    if (!PyArg_ParseTuple(args, "Oy*ny*w*w*:quantize8_batch", &list, &v[0], &bs, &v[1], &v[2], &v[3]))
-        return NULL;
-    if (check_blocksize(bs, 0) || check_len(&v[1], 65536, "lut"))
-        goto done;
-    if ((src = batch_sources(list, &v[0], &seq, &count)) == NULL)
-        goto done;
-    const unsigned char *kinds = v[0].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]];
-        total += n;
-        blocks += nblocks_of(n, bs);
-    }
-    if (check_len(&v[2], total, "codes") || check_len(&v[3], 4 * blocks, "absmax"))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    uint8_t *codes = v[2].buf;
-    unsigned char *absmax = v[3].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]], nb = nblocks_of(n, bs);
-        q8_run(src[i].buf, kinds[i], n, bs, 0, nb, v[1].buf, codes, absmax);
-        codes += n;
-        absmax += 4 * nb;
-    }
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    free_buffers(src, count);
-    Py_XDECREF(seq);
-    release(v, 4);
-    return res;
-}
-
-PyDoc_STRVAR(quantize4_batch_doc, "quantize4_batch(srcs, kinds, blocksize, grid, bounds, order, packed, absmax)\n\n"
-                                  "quantize4 of each source (kinds: one byte each), outputs end to end.");
-
-static PyObject *quantize4_batch(PyObject *self, PyObject *args)
-{
-    PyObject *list, *seq = NULL, *res = NULL;
-    Py_buffer v[6] = {{0}}, *src = NULL;
-    Py_ssize_t bs, count = 0, bytes = 0, blocks = 0;
-    Table4 t;
-    if (!PyArg_ParseTuple(args, "Oy*ny*y*y*w*w*:quantize4_batch", &list, &v[0], &bs, &v[1], &v[2], &v[3], &v[4],
-                          &v[5]))
-        return NULL;
-    if (check_blocksize(bs, 1) || load_table4(&t, &v[1], &v[2], &v[3]))
-        goto done;
-    if ((src = batch_sources(list, &v[0], &seq, &count)) == NULL)
-        goto done;
-    const unsigned char *kinds = v[0].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]];
-        bytes += n / 2 + n % 2;
-        blocks += nblocks_of(n, bs);
-    }
-    if (check_len(&v[4], bytes, "packed") || check_len(&v[5], 4 * blocks, "absmax"))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    uint8_t *packed = v[4].buf;
-    unsigned char *absmax = v[5].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = src[i].len / ITEMSIZE[kinds[i]], nb = nblocks_of(n, bs);
-        q4_run(src[i].buf, kinds[i], n, bs, 0, nb, &t, packed, absmax);
-        packed += n / 2 + n % 2;
-        absmax += 4 * nb;
-    }
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    free_buffers(src, count);
-    Py_XDECREF(seq);
-    release(v, 6);
-    return res;
-}
-
-PyDoc_STRVAR(dequantize8_batch_doc, "dequantize8_batch(codes, absmaxes, blocksize, table, out, kind)\n\n"
-                                    "dequantize8 of each (codes, absmax) pair, values end to end in out.");
-
-static PyObject *dequantize8_batch(PyObject *self, PyObject *args)
-{
-    PyObject *lq, *la, *sq = NULL, *sa = NULL, *res = NULL;
-    Py_buffer v[2] = {{0}}, *q = NULL, *am = NULL;
-    Py_ssize_t bs, count = 0, total = 0;
-    int kind;
-    float table[256];
-    if (!PyArg_ParseTuple(args, "OOny*w*i:dequantize8_batch", &lq, &la, &bs, &v[0], &v[1], &kind))
-        return NULL;
-    if (check_kind(kind, "kind") || check_blocksize(bs, 0) || check_len(&v[0], sizeof table, "table"))
-        goto done;
-    if ((sq = PySequence_Fast(lq, "codes must be a sequence")) == NULL ||
-        (sa = PySequence_Fast(la, "absmaxes must be a sequence")) == NULL)
-        goto done;
-    count = PySequence_Fast_GET_SIZE(sq);
-    if (PySequence_Fast_GET_SIZE(sa) != count) {
-        PyErr_SetString(PyExc_ValueError, "codes and absmaxes differ in length");
-        goto done;
-    }
-    if ((q = item_buffers(sq, count, "codes")) == NULL || (am = item_buffers(sa, count, "absmaxes")) == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (check_len(&am[i], 4 * nblocks_of(q[i].len, bs), "an absmax"))
-            goto done;
-        total += q[i].len;
-    }
-    if (check_len(&v[1], total * ITEMSIZE[kind], "out"))
-        goto done;
-    memcpy(table, v[0].buf, sizeof table);
-    Py_BEGIN_ALLOW_THREADS
-    unsigned char *out = v[1].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = q[i].len;
-        dq8_run(q[i].buf, am[i].buf, n, bs, 0, nblocks_of(n, bs), table, out, kind);
-        out += n * ITEMSIZE[kind];
-    }
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    free_buffers(q, q ? count : 0);
-    free_buffers(am, am ? count : 0);
-    Py_XDECREF(sq);
-    Py_XDECREF(sa);
-    release(v, 2);
-    return res;
-}
-
-PyDoc_STRVAR(dequantize4_batch_doc, "dequantize4_batch(packed, absmaxes, counts, blocksize, values, out, kind)\n\n"
-                                    "dequantize4 of each (packed, absmax, count), values end to end in out.");
-
-static PyObject *dequantize4_batch(PyObject *self, PyObject *args)
-{
-    PyObject *lp, *la, *lc, *sp = NULL, *sa = NULL, *sc = NULL, *res = NULL;
-    Py_buffer v[2] = {{0}}, *p = NULL, *am = NULL;
-    Py_ssize_t bs, count = 0, total = 0, *ns = NULL;
-    int kind;
-    float values[16];
-    if (!PyArg_ParseTuple(args, "OOOny*w*i:dequantize4_batch", &lp, &la, &lc, &bs, &v[0], &v[1], &kind))
-        return NULL;
-    if (check_kind(kind, "kind") || check_blocksize(bs, 1) || check_len(&v[0], sizeof values, "values"))
-        goto done;
-    if ((sp = PySequence_Fast(lp, "packed must be a sequence")) == NULL ||
-        (sa = PySequence_Fast(la, "absmaxes must be a sequence")) == NULL ||
-        (sc = PySequence_Fast(lc, "counts must be a sequence")) == NULL)
-        goto done;
-    count = PySequence_Fast_GET_SIZE(sp);
-    if (PySequence_Fast_GET_SIZE(sa) != count || PySequence_Fast_GET_SIZE(sc) != count) {
-        PyErr_SetString(PyExc_ValueError, "packed, absmaxes and counts differ in length");
-        goto done;
-    }
-    if ((ns = PyMem_Calloc((size_t)(count ? count : 1), sizeof(Py_ssize_t))) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        ns[i] = PyNumber_AsSsize_t(PySequence_Fast_GET_ITEM(sc, i), PyExc_OverflowError);
-        if (ns[i] == -1 && PyErr_Occurred())
-            goto done;
-        if (ns[i] < 0) {
-            PyErr_Format(PyExc_ValueError, "counts[%zd] is negative", i);
-            goto done;
-        }
-    }
-    if ((p = item_buffers(sp, count, "packed")) == NULL || (am = item_buffers(sa, count, "absmaxes")) == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_ssize_t n = ns[i];
-        if (check_len(&p[i], n / 2 + n % 2, "packed codes") || check_len(&am[i], 4 * nblocks_of(n, bs), "an absmax"))
-            goto done;
-        if (n > PY_SSIZE_T_MAX / 4 - total) {
-            PyErr_SetString(PyExc_OverflowError, "too many values");
-            goto done;
-        }
-        total += n;
-    }
-    if (check_len(&v[1], total * ITEMSIZE[kind], "out"))
-        goto done;
-    memcpy(values, v[0].buf, sizeof values);
-    Py_BEGIN_ALLOW_THREADS
-    unsigned char *out = v[1].buf;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        dq4_run(p[i].buf, am[i].buf, ns[i], bs, 0, nblocks_of(ns[i], bs), values, out, kind);
-        out += ns[i] * ITEMSIZE[kind];
-    }
-    Py_END_ALLOW_THREADS
-    res = Py_NewRef(Py_None);
-done:
-    free_buffers(p, p ? count : 0);
-    free_buffers(am, am ? count : 0);
-    PyMem_Free(ns);
-    Py_XDECREF(sp);
-    Py_XDECREF(sa);
-    Py_XDECREF(sc);
-    release(v, 2);
-    return res;
-}
-
-/* ------------------------------------------------------------------------------------------ module */
+static PyObject *dequantize4(PyObject *self, PyObject *args) { return dequantize(args, 1); }
 
 static PyMethodDef methods[] = {
     {"quantize8", quantize8, METH_VARARGS, quantize8_doc},
     {"dequantize8", dequantize8, METH_VARARGS, dequantize8_doc},
     {"quantize4", quantize4, METH_VARARGS, quantize4_doc},
     {"dequantize4", dequantize4, METH_VARARGS, dequantize4_doc},
-    {"quantize8_batch", quantize8_batch, METH_VARARGS, quantize8_batch_doc},
-    {"quantize4_batch", quantize4_batch, METH_VARARGS, quantize4_batch_doc},
-    {"dequantize8_batch", dequantize8_batch, METH_VARARGS, dequantize8_batch_doc},
-    {"dequantize4_batch", dequantize4_batch, METH_VARARGS, dequantize4_batch_doc},
     {NULL, NULL, 0, NULL},
 };
 

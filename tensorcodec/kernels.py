@@ -55,7 +55,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -107,201 +107,300 @@ U8Array = npt.NDArray[np.uint8]
 AnyArray = npt.NDArray[Any]
 QuantType = Literal["nf4", "fp4"]
 
-_F32 = np.dtype(np.float32)
-_F16 = np.dtype(np.float16)
-_BF16 = np.dtype(ml_dtypes.bfloat16)
-_U8 = np.dtype(np.uint8)
-_SOURCE_DTYPES = (_F32, _F16, _BF16)
+# ================================================================================================ shared
+# Dtypes, buffers, the block layout and the one thread scheduler: what every family's kernels use.
 
-#: Block sizes bitsandbytes accepts for 4-bit (its CPU path accepts the same list as CUDA).
-BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+F32 = np.dtype(np.float32)
+F16 = np.dtype(np.float16)
+BF16 = np.dtype(ml_dtypes.bfloat16)
+U8 = np.dtype(np.uint8)
+SOURCE_DTYPES = (F32, F16, BF16)
+KINDS = {F32: 0, F16: 1, BF16: 2}  # element kinds as the C kernels number them
+INF_BITS = {F32: 0x7F800000, F16: 0x7C00, BF16: 0x7F80}
+ABS_MASK = {F32: 0x7FFFFFFF, F16: 0x7FFF, BF16: 0x7FFF}
 
 
-def _readonly(a: AnyArray) -> AnyArray:
+def readonly(a: AnyArray) -> AnyArray:
     a.flags.writeable = False
     return a
 
 
-# ------------------------------------------------------------------------------------------------ tables
+def as_source(x: Any) -> AnyArray:
+    """A flat C-contiguous float32/float16/bfloat16 array (copying only when needed)."""
+    if type(x) is np.ndarray and x.ndim == 1 and x.flags.c_contiguous and x.dtype in SOURCE_DTYPES:
+        return x
+    a = np.asarray(x)
+    if a.dtype not in SOURCE_DTYPES:
+        raise TypeError(f"quantization takes float32, float16 or bfloat16, not {a.dtype}")
+    return np.ascontiguousarray(a.reshape(-1))
 
 
-def _linspace_f32(steps: int) -> F32Array:
-    """torch.linspace(0.1, 1, steps, dtype=float32) on CPU: each point one fused multiply-add, rounded once."""
-    start, end = float(np.float32(0.1)), 1.0
-    step = float(np.float32(np.float32(end - start) / np.float32(steps - 1)))
-    half = steps // 2
-    # The product and the sum are exact in float64 (24 + 7 bits), so one rounding to float32 is the fma's.
-    vals = [start + step * i if i < half else end - step * (steps - i - 1) for i in range(steps)]
-    return np.array(vals, dtype=np.float64).astype(np.float32)
+def flat(a: Any, dtype: np.dtype[Any]) -> AnyArray:
+    """A flat C-contiguous array of ``dtype`` (copying only when needed)."""
+    if type(a) is np.ndarray and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(np.asarray(a, dtype=dtype).reshape(-1))
+
+
+def out_dtype(dtype: Any) -> np.dtype[Any]:
+    d: np.dtype[Any] = np.dtype(dtype)
+    if d not in SOURCE_DTYPES:
+        raise TypeError(f"dequantization produces float32, float16 or bfloat16, not {d}")
+    return d
+
+
+def check_blocksize(blocksize: int) -> int:
+    if not isinstance(blocksize, (int, np.integer)) or isinstance(blocksize, bool) or blocksize <= 0:
+        raise ValueError(f"blocksize must be a positive integer, not {blocksize!r}")
+    return int(blocksize)
+
+
+def nblocks_of(n: int, blocksize: int) -> int:
+    return -(-n // blocksize)
 
 
 @lru_cache(maxsize=1)
-def _dynamic_map() -> F32Array:
-    parts = [np.array([0.0, 1.0], dtype=np.float32)]
-    for i in range(7):
-        b = _linspace_f32(2**i + 1)
-        means = (b[:-1] + b[1:]) / np.float32(2.0)
-        scale = np.float32(10.0 ** (i - 6))
-        parts += [scale * means, -scale * means]
-    out = np.sort(np.concatenate(parts)).astype(np.float32)
-    assert out.size == 256
-    return _readonly(out)
+def _f16_table() -> F32Array:
+    return readonly(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32))
 
 
-def dynamic_map() -> F32Array:
-    """bitsandbytes' ``create_dynamic_map(signed=True)``: 256 sorted float32 values, computed here."""
-    return _dynamic_map().copy()
+def to_f32(x: AnyArray, out: AnyArray) -> AnyArray:
+    """Exact float32 values of a source slice into ``out`` (float16 by table: numpy's cast is slow)."""
+    if x.dtype == F16:
+        np.take(_f16_table(), x.view(np.uint16), out=out, mode="clip")
+    else:
+        np.copyto(out, x, casting="unsafe")
+    return out
 
 
-NF4_TABLE: F32Array = _readonly(
-    np.array(
-        [
-            -1.0,
-            -0.6961928009986877,
-            -0.5250730514526367,
-            -0.39491748809814453,
-            -0.28444138169288635,
-            -0.18477343022823334,
-            -0.09105003625154495,
-            0.0,
-            0.07958029955625534,
-            0.16093020141124725,
-            0.24611230194568634,
-            0.33791524171829224,
-            0.44070982933044434,
-            0.5626170039176941,
-            0.7229568362236023,
-            1.0,
-        ],
-        dtype=np.float32,
-    )
-)
-"""NF4's 16 values (normal-distribution quantiles), code order = sorted order, 0 at index 7."""
-
-FP4_TABLE: F32Array = _readonly(
-    np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3], dtype=np.float32) / np.float32(12.0)
-)
-"""FP4 (1 sign, 2 exponent, 1 mantissa bit) in bit-pattern order, scaled to [-1, 1] as bitsandbytes does."""
+def abs_bits(x: AnyArray) -> AnyArray:
+    """|x| as unsigned bit patterns (a per-thread scratch buffer): an integer max puts NaN above inf."""
+    u = x.view(np.uint32 if x.dtype == F32 else np.uint16)
+    out = scratch("absbits", u.size, u.dtype)
+    np.bitwise_and(u, u.dtype.type(ABS_MASK[x.dtype]), out=out)
+    return out
 
 
-# ------------------------------------------------------------------------------------------------ 8-bit lookup
+def bits_to_f32(m: AnyArray, dtype: np.dtype[Any]) -> F32Array:
+    if dtype == F32:
+        return m.view(np.float32)
+    if dtype == BF16:
+        return (m.astype(np.uint32) << 16).view(np.float32)
+    return m.view(np.float16).astype(np.float32)
 
 
-class _Lut8:
-    """bitsandbytes' CPU 8-bit code lookup for one sorted 256-entry map (built once per map)."""
+_local = threading.local()
 
-    def __init__(self, code: F32Array) -> None:
-        if code.shape != (256,) or not np.all(code[1:] >= code[:-1]):
-            raise ValueError("an 8-bit code must be 256 sorted float32 values")
-        self.code: F32Array = _readonly(code.copy())
-        mids = (np.float32(0.5) * (code[:-1] + code[1:])).astype(np.float32)
-        grid = (np.float32(-1.0) + (np.float32(2.0) * np.arange(65536, dtype=np.float32)) / np.float32(65535.0)).astype(
-            np.float32
-        )
-        # lut[i] = number of midpoints strictly below grid point i (the C kernel's forward walk).
-        self.lut: U8Array = _readonly(np.searchsorted(mids, grid, side="left").astype(np.uint8))
-        self._pairs: npt.NDArray[np.uint64] | None = None
+
+def scratch(name: str, size: int, dtype: Any) -> AnyArray:
+    """A per-thread reusable buffer: fresh large arrays would page-fault on every chunk."""
+    bufs: dict[str, AnyArray] | None = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(name)
+    if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
+        buf = bufs[name] = np.empty(max(size, NUMPY_CHUNK), dtype=dtype)
+    return buf[:size]
+
+
+@lru_cache(maxsize=64)
+def _regular_starts(nblocks: int, blocksize: int) -> npt.NDArray[np.intp]:
+    return readonly(np.arange(0, (nblocks + 1) * blocksize, blocksize, dtype=np.intp))
+
+
+class Blocks:
+    """A run of consecutive blocks of a layout, as one kernel body sees it: element ``starts`` (one more
+    than blocks: the last is the run's size), ``partial`` (the tensor's last block, shorter than the
+    block size) and ``pads`` (positions of 4-bit pad elements). ``regular``: the blocks of one tensor, all
+    full but perhaps the last, so per-block work is a reshape."""
+
+    __slots__ = ("_starts", "blocksize", "count", "pads", "partial", "regular", "size")
+
+    def __init__(
+        self,
+        blocksize: int,
+        size: int,
+        partial: npt.NDArray[np.bool_],
+        pads: npt.NDArray[np.intp],
+        starts: npt.NDArray[np.intp] | None,
+    ) -> None:
+        self.blocksize, self.size, self.partial, self.pads = blocksize, size, partial, pads
+        self.count = partial.size
+        self.regular = starts is None
+        self._starts = starts
 
     @property
-    def pairs(self) -> npt.NDArray[np.uint64]:
-        """Values of two consecutive codes read as one little-endian uint16, as a float32 pair: one gather per two."""
-        if self._pairs is None:
-            p = np.empty((65536, 2), dtype=np.float32)
-            p[:, 0] = np.tile(self.code, 256)
-            p[:, 1] = np.repeat(self.code, 256)
-            self._pairs = _readonly(p.view(np.uint64).reshape(65536))
-        return self._pairs
+    def starts(self) -> npt.NDArray[np.intp]:
+        if self._starts is None:
+            s = _regular_starts(self.count, self.blocksize).copy()
+            s[-1] = self.size
+            self._starts = s
+        return self._starts
+
+    @property
+    def lens(self) -> npt.NDArray[np.intp]:
+        return np.diff(self.starts)
+
+    def max(self, v: AnyArray) -> AnyArray:
+        """Per-block maximum of ``v`` (one value per element)."""
+        bs = self.blocksize
+        full = (self.size // bs) * bs if self.regular else 0
+        if self.regular and (bs >= 512 or full < self.size):
+            out = np.empty(self.count, dtype=v.dtype)
+            if full:
+                np.max(v[:full].reshape(-1, bs), axis=1, out=out[: full // bs])
+            if full < self.size:
+                out[-1] = v[full:].max()
+            return out
+        starts = _regular_starts(self.count, bs)[:-1] if self.regular else self.starts[:-1]
+        return np.maximum.reduceat(v, starts)
+
+    def scale(self, v: AnyArray, per_block: AnyArray, out: AnyArray) -> None:
+        """``out = v * per_block[block of each element]``."""
+        if not self.regular:
+            np.multiply(v, np.repeat(per_block, self.lens), out=out)
+            return
+        n, bs = self.size, self.blocksize
+        full = (n // bs) * bs
+        if full:
+            np.multiply(v[:full].reshape(-1, bs), per_block[: full // bs, None], out=out[:full].reshape(-1, bs))
+        if full < n:
+            np.multiply(v[full:], per_block[-1], out=out[full:n])
+
+    def elements(self, mask: npt.NDArray[np.bool_]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Positions of the elements of the blocks ``mask`` selects, and each one's block."""
+        blocks = np.flatnonzero(mask)
+        lens = self.lens[blocks]
+        block_of = np.repeat(blocks, lens)
+        first = np.repeat(self.starts[blocks] - np.cumsum(lens) + lens, lens)
+        return first + np.arange(block_of.size), block_of
+
+    def block_of(self, positions: npt.NDArray[np.intp]) -> npt.NDArray[np.intp]:
+        if self.regular:
+            return positions // self.blocksize
+        return np.searchsorted(self.starts, positions, side="right") - 1
 
 
-@lru_cache(maxsize=8)
-def _lut8_cached(code_bytes: bytes) -> _Lut8:
-    return _Lut8(np.frombuffer(code_bytes, dtype=np.float32))
+class BlockLayout:
+    """Tensors of ``sizes`` elements laid end to end, each starting its own blocks of ``blocksize``.
+
+    Every kernel writes its outputs in this layout: codes at the tensor's positions (4-bit: half of
+    them, bytes), one absmax per block. With ``pad_odd`` (4-bit) a tensor of odd size takes one more
+    position, bitsandbytes' pad element (a 0.0 in its last block), so that every tensor starts a byte.
+    A single tensor is a layout of one; a thread's share of the work is a run of its blocks (:meth:`run`).
+    """
+
+    def __init__(self, sizes: Sequence[int], blocksize: int, pad_odd: bool) -> None:
+        self.sizes = sizes
+        self.blocksize = blocksize
+        self.pad_odd = pad_odd
+        bs = blocksize
+        self.ends = list(accumulate([n + (n & 1) for n in sizes] if pad_odd else sizes, initial=0))
+        self.block_ends = list(accumulate([-(-n // bs) for n in sizes], initial=0))
+        self.total = self.ends[-1]
+        self.nblocks = self.block_ends[-1]
+        self._arrays: tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_], npt.NDArray[np.intp]] | None = None
+
+    def _block_arrays(self) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_], npt.NDArray[np.intp]]:
+        """Element starts of all blocks (and the total), partial flags, pad positions."""
+        if self._arrays is None:
+            n = np.array(self.sizes, dtype=np.intp)
+            bs = self.blocksize
+            nb = np.diff(np.array(self.block_ends, dtype=np.intp))
+            span = np.diff(np.array(self.ends, dtype=np.intp))
+            lens = np.full(self.nblocks, bs, dtype=np.intp)
+            last = np.array(self.block_ends[1:], dtype=np.intp)[nb > 0] - 1
+            lens[last] = (span - (nb - 1) * bs)[nb > 0]
+            starts = np.zeros(self.nblocks + 1, dtype=np.intp)
+            np.cumsum(lens, out=starts[1:])
+            partial = np.zeros(self.nblocks, dtype=bool)
+            partial[last] = (n % bs != 0)[nb > 0]
+            pads = (np.array(self.ends[1:], dtype=np.intp) - 1)[(n & 1).astype(bool)] if self.pad_odd else n[:0]
+            self._arrays = (starts, partial, pads)
+        return self._arrays
+
+    def block_start(self, b: int) -> int:
+        """Position of block ``b``'s first element (``total`` for ``b == nblocks``)."""
+        t = bisect_right(self.block_ends, b) - 1
+        if t >= len(self.sizes):
+            return self.total
+        return self.ends[t] + (b - self.block_ends[t]) * self.blocksize
+
+    def run(self, b0: int, b1: int) -> Blocks:
+        """Blocks ``[b0, b1)`` as a kernel body sees them, positions counted from block ``b0``."""
+        bs = self.blocksize
+        t = bisect_right(self.block_ends, b0) - 1
+        e0, e1 = self.block_start(b0), self.block_start(b1)
+        if b1 <= self.block_ends[t + 1]:  # within one tensor
+            partial = np.zeros(b1 - b0, dtype=bool)
+            pads = np.zeros(0, dtype=np.intp)
+            if b1 == self.block_ends[t + 1]:
+                n = self.sizes[t]
+                partial[-1:] = n % bs != 0
+                if self.pad_odd and n & 1:
+                    pads = np.array([e1 - e0 - 1], dtype=np.intp)
+            return Blocks(bs, e1 - e0, partial, pads, None)
+        starts, partial_all, pads_all = self._block_arrays()
+        pads = pads_all[(pads_all >= e0) & (pads_all < e1)] - e0
+        return Blocks(bs, e1 - e0, partial_all[b0:b1], pads, starts[b0 : b1 + 1] - e0)
+
+    def gather(self, arrays: Sequence[AnyArray], b0: int, b1: int, unit: int = 1) -> AnyArray:
+        """The part of per-tensor arrays that blocks ``[b0, b1)`` cover, as one array, zero at pads.
+
+        ``unit``: positions per array item (1: elements, 2: packed 4-bit bytes; 0: the arrays hold one
+        item per block, absmax). Zero-copy when the run lies in one tensor and holds no pad, else a
+        concatenation (in float32 if the dtypes differ: sources only, whose float32 values are exact).
+        """
+        if unit:
+            lo, hi = self.block_start(b0) // unit, self.block_start(b1) // unit
+            ends = self.ends if unit == 1 else [e // unit for e in self.ends]
+        else:
+            lo, hi, ends = b0, b1, self.block_ends
+        i, j = bisect_right(ends, lo) - 1, bisect_left(ends, hi)
+        if i + 1 >= j and i < len(arrays) and hi - ends[i] <= arrays[i].size:
+            return arrays[i][lo - ends[i] : hi - ends[i]]
+        parts: list[AnyArray] = []
+        zero = np.zeros(1, dtype=arrays[i].dtype)
+        for k in range(i, j):
+            a = arrays[k]
+            piece = a[max(lo, ends[k]) - ends[k] : min(hi, ends[k + 1]) - ends[k]]
+            parts.append(piece)
+            if min(hi, ends[k + 1]) - ends[k] > a.size:
+                parts.append(zero)
+        if len({p.dtype for p in parts}) > 1:
+            return np.concatenate(parts, dtype=np.float32, casting="unsafe")
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def part(self, b0: int, b1: int) -> tuple[slice, slice, slice, tuple[int, int]]:
+        """The tensors that blocks ``[b0, b1)`` touch, their positions, their blocks, and the span counted from them.
+
+        A C call gets only those tensors (the kernels take every tensor's buffer they are handed)."""
+        if b0 == b1:
+            return slice(0, 0), slice(0, 0), slice(0, 0), (0, 0)
+        be = self.block_ends
+        i, j = bisect_right(be, b0) - 1, bisect_right(be, b1 - 1)
+        return slice(i, j), slice(self.ends[i], self.ends[j]), slice(be[i], be[j]), (b0 - be[i], b1 - be[i])
+
+    def split(self, codes: AnyArray, absmax: F32Array, unit: int = 1) -> list[tuple[AnyArray, F32Array]]:
+        """Each tensor's codes (``unit`` positions per code) and absmax: views into the shared outputs."""
+        ends = self.ends if unit == 1 else [e // unit for e in self.ends]  # a padded tensor's span is even
+        return [
+            (codes[c0:c1], absmax[b0:b1])
+            for (c0, c1), (b0, b1) in zip(pairwise(ends), pairwise(self.block_ends), strict=True)
+        ]
+
+    def values(self, out: AnyArray) -> list[AnyArray]:
+        """Each tensor's values in a dequantized output laid out like this layout (pads skipped)."""
+        if not self.pad_odd:
+            return [out[e0:e1] for e0, e1 in pairwise(self.ends)]
+        return [out[e : e + n] for e, n in zip(self.ends, self.sizes, strict=False)]
 
 
-def _lut8(code: AnyArray | None) -> _Lut8:
-    if code is None:
-        return _lut8_cached(_dynamic_map().tobytes())
-    return _lut8_cached(np.ascontiguousarray(np.asarray(code, dtype=np.float32)).tobytes())
+# ------------------------------------------------------------------------------------------------ the scheduler
 
-
-def _lut_index(c: F32Array) -> npt.NDArray[np.uint16]:
-    """The C kernel's grid index of scaled values (NaN -> 0), exactly in float32."""
-    c = np.array(c, dtype=np.float32)  # a copy we may scribble on
-    nan = np.isnan(c)
-    np.clip(c, np.float32(-1.0), np.float32(1.0), out=c)
-    c[nan] = -1.0
-    c += np.float32(1.0)
-    c *= np.float32(32767.5)  # (t * 0.5) * 65535, the halving being exact
-    c += np.float32(0.5)
-    return c.astype(np.uint16)
-
-
-# ------------------------------------------------------------------------------------------------ 4-bit tables
-
-_K4 = 16384.0  # grid cells per unit of the scaled value
-_K4_OFF = _K4 + 2.0  # keeps the grid index positive for c down to -1 - a few ulps
-_TINY4 = 2.0**-100  # below this absmax, 1/absmax * _K4 could overflow: exact path instead
-
-
-def _grid4(c: F32Array) -> npt.NDArray[np.int64]:
-    """Grid cell of scaled values, with the very float32 operations of the fast path."""
-    v = np.asarray(c, dtype=np.float32) * np.float32(_K4)
-    v = v + np.float32(_K4_OFF)
-    return v.astype(np.int64)
-
-
-class _Table4:
-    """One 4-bit type: midpoints, sorted-position -> code, and a grid lookup table for the fast path."""
-
-    def __init__(self, values: F32Array) -> None:
-        self.values: F32Array = values
-        order = np.argsort(values, kind="stable")  # +0 (code 0) sorts before -0 (code 8), as in torch
-        sv = values[order]
-        self.bounds: F32Array = _readonly(((sv[:-1] + sv[1:]) / np.float32(2.0)).astype(np.float32))
-        self.order: U8Array = _readonly(order.astype(np.uint8))
-        self.pad_code = int(self.order[int(np.searchsorted(self.bounds, np.float32(0.0), side="left"))])
-        # The sorted position is #{bounds < c} = #{s_k <= c} with s_k the float just above bound k.
-        steps = np.nextafter(self.bounds, np.float32(np.inf)).astype(np.float32)
-        j_step, j_prev = _grid4(steps), _grid4(self.bounds)
-        size = int(_grid4(np.array([1.0009765625], dtype=np.float32))[0]) + 1
-        cells = np.arange(size)
-        count = np.searchsorted(j_step, cells, side="left")  # steps entirely below each cell
-        first = j_prev < j_step  # the step is its cell's first float: the whole cell is past it
-        np.add.at(count, j_step[first], 1)
-        ambiguous = np.zeros(size, dtype=bool)
-        ambiguous[j_step[~first]] = True
-        table = self.order[np.minimum(count, 15)].astype(np.uint8)
-        table[ambiguous] |= 0x80
-        self.grid: U8Array = _readonly(table)
-        self.grid_size = size
-        # Codes of a byte's two nibbles as a float32 pair, for dequantization.
-        pairs = np.empty((256, 2), dtype=np.float32)
-        pairs[:, 0] = np.repeat(values, 16)
-        pairs[:, 1] = np.tile(values, 16)
-        self.pairs: npt.NDArray[np.uint64] = _readonly(pairs.view(np.uint64).reshape(256))
-
-    def exact(self, c: AnyArray) -> U8Array:
-        """Codes of scaled values by the definition: clamp, count midpoints below, NaN to the top."""
-        c = np.clip(c, np.float32(-1.0), np.float32(1.0))
-        pos = np.searchsorted(self.bounds, c, side="left")
-        pos[np.isnan(c)] = 15
-        return self.order[pos]
-
-
-_TABLES4 = {"nf4": _Table4(NF4_TABLE), "fp4": _Table4(FP4_TABLE)}
-
-
-def _table4(quant_type: str) -> _Table4:
-    try:
-        return _TABLES4[quant_type]
-    except KeyError:
-        raise ValueError(f"quant_type must be 'nf4' or 'fp4', not {quant_type!r}") from None
-
-
-# ------------------------------------------------------------------------------------------------ threads
-
-_CHUNK = 1 << 16  # elements per chunk: the working set of a chunk stays in L2
-_PARALLEL_MIN = 1 << 18  # below this many elements one thread does it all
+NUMPY_CHUNK = 1 << 16  # elements per numpy body call: the working set of a chunk stays in L2
+NATIVE_CHUNK = 1 << 20  # most elements per C call when work is split between threads
+PARALLEL_MIN = 1 << 18  # below this many elements one thread is faster (a hand-off costs ~50 µs)
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _num_threads = 0
@@ -315,7 +414,7 @@ def _default_threads() -> int:
 
 
 def set_num_threads(n: int | None) -> None:
-    """Threads the numpy kernels use for large inputs (None: one per available CPU)."""
+    """Threads the kernels use for large inputs (None: one per available CPU)."""
     global _num_threads, _pool
     with _lock:
         _num_threads = _default_threads() if n is None else max(1, int(n))
@@ -325,7 +424,7 @@ def set_num_threads(n: int | None) -> None:
 
 
 def get_num_threads() -> int:
-    """Threads the numpy kernels use for large inputs."""
+    """Threads the kernels use for large inputs."""
     if _num_threads == 0:
         set_num_threads(None)
     return _num_threads
@@ -350,398 +449,260 @@ def _executor() -> ThreadPoolExecutor:
         return _pool
 
 
-_local = threading.local()
+def run_blocks(layout: BlockLayout, call: Callable[[int, int], None], chunk: int | None) -> None:
+    """Run ``call(b0, b1)`` over all blocks of ``layout``: the one scheduler of every kernel.
 
-
-def _scratch(name: str, size: int, dtype: Any) -> AnyArray:
-    """A per-thread reusable buffer: fresh large arrays would page-fault on every chunk."""
-    bufs: dict[str, AnyArray] | None = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
-    buf = bufs.get(name)
-    if buf is None or buf.size < size or buf.dtype != np.dtype(dtype):
-        buf = bufs[name] = np.empty(max(size, _CHUNK), dtype=dtype)
-    return buf[:size]
-
-
-def _parallel_blocks(nblocks: int, blocksize: int, work: Callable[[int, int], None]) -> None:
-    """Run ``work(first_block, end_block)`` over all blocks, in chunks, on up to ``get_num_threads()`` threads.
-
-    Chunks are whole blocks so every block is scaled by one call; the caller's thread takes a share.
+    Runs of about ``chunk`` elements (numpy: to stay in L2), or for the C kernels (``chunk=None``) the
+    whole layout at once on one thread and runs of up to NATIVE_CHUNK, two or more per thread, on
+    many; the threads take runs from a shared queue, which keeps every core busy when one is slowed.
+    The C kernels and numpy's large loops release the GIL, so runs proceed in parallel.
     """
-    per_chunk = max(1, _CHUNK // blocksize)
+    nb, total = layout.nblocks, layout.total
     threads = get_num_threads()
-    if threads == 1 or nblocks * blocksize < _PARALLEL_MIN:
-        for b in range(0, nblocks, per_chunk):
-            work(b, min(nblocks, b + per_chunk))
+    parallel = threads > 1 and total >= PARALLEL_MIN and nb > 1
+    if chunk is None:
+        if not parallel:
+            call(0, nb)
+            return
+        chunk = min(NATIVE_CHUNK, total // (2 * threads))
+    if len(layout.sizes) == 1:
+        per = max(1, chunk // layout.blocksize)
+        cuts = [*range(0, nb, per), nb]
+    else:
+        starts = layout._block_arrays()[0]
+        marks = np.searchsorted(starts, np.arange(0, total, max(1, chunk)), side="left")
+        cuts = [*sorted({0, *marks.tolist()} - {nb}), nb] if nb else [0]
+    runs = iter(list(pairwise(cuts)))
+    if not parallel:
+        for b0, b1 in runs:
+            call(b0, b1)
         return
-    chunks = [(b, min(nblocks, b + per_chunk)) for b in range(0, nblocks, per_chunk)]
-    spans = [chunks[i::threads] for i in range(threads)]
+    lock = threading.Lock()
 
-    def run(span: list[tuple[int, int]]) -> None:
-        for lo, hi in span:
-            work(lo, hi)
+    def worker() -> None:
+        while True:
+            with lock:
+                run = next(runs, None)
+            if run is None:
+                return
+            call(*run)
 
-    futures = [_executor().submit(run, span) for span in spans[1:] if span]
-    run(spans[0])
+    futures = [_executor().submit(worker) for _ in range(threads - 1)]
+    worker()
     for f in futures:
         f.result()
 
 
-# ------------------------------------------------------------------------------------------------ helpers
+# ------------------------------------------------------------------------------------------------ dispatch
+
+QuantizeBody = Callable[[AnyArray, Blocks, Any, U8Array, F32Array], None]
+DequantizeBody = Callable[[U8Array, Blocks, F32Array, Any, AnyArray], None]
 
 
-def _as_source(x: Any) -> AnyArray:
-    """A flat C-contiguous float32/float16/bfloat16 array (copying only when needed)."""
-    if type(x) is np.ndarray and x.ndim == 1 and x.flags.c_contiguous and x.dtype in _SOURCE_DTYPES:
-        return x
-    a = np.asarray(x)
-    if a.dtype not in _SOURCE_DTYPES:
-        raise TypeError(f"quantization takes float32, float16 or bfloat16, not {a.dtype}")
-    return np.ascontiguousarray(a.reshape(-1))
+def quantize_layout(
+    arrays: list[AnyArray],
+    bs: int,
+    pad_odd: bool,
+    kernel: Callable[..., None] | None,
+    tables: tuple[Any, Any],
+    body: QuantizeBody,
+) -> list[tuple[U8Array, F32Array]]:
+    """``(codes, absmax)`` of each tensor, laid end to end, by a family's C ``kernel`` (None: its numpy ``body``).
+
+    ``tables``: what the C kernel takes and what the body takes; ``pad_odd``: 4-bit (two codes a byte).
+    """
+    unit = 2 if pad_odd else 1
+    lay = BlockLayout([a.size for a in arrays], bs, pad_odd)
+    codes = np.empty(lay.total // unit, dtype=np.uint8)
+    absmax = np.empty(lay.nblocks, dtype=np.float32)
+    if kernel is not None:
+        c_kernel, kinds = kernel, bytes([KINDS[a.dtype] for a in arrays])
+
+        def call(b0: int, b1: int) -> None:
+            t, e, b, span = lay.part(b0, b1)
+            c_kernel((arrays[t], kinds[t]), bs, tables[0], (codes[e.start // unit : e.stop // unit], absmax[b]), span)
+
+        run_blocks(lay, call, None)
+    else:
+
+        def run(b0: int, b1: int) -> None:
+            e0, e1 = lay.block_start(b0) // unit, lay.block_start(b1) // unit
+            with np.errstate(all="ignore"):
+                body(lay.gather(arrays, b0, b1), lay.run(b0, b1), tables[1], codes[e0:e1], absmax[b0:b1])
+
+        run_blocks(lay, run, NUMPY_CHUNK)
+    return lay.split(codes, absmax, unit)
 
 
-def _bits(a: AnyArray) -> AnyArray:
-    return a.view(np.uint32 if a.dtype == _F32 else np.uint16)
+def dequantize_layout(
+    codes: list[U8Array],
+    absmaxes: list[F32Array],
+    counts: list[int],
+    bs: int,
+    dtype: np.dtype[Any],
+    kernel: Callable[..., None] | None,
+    tables: tuple[Any, Any],
+    body: DequantizeBody,
+    pad_odd: bool,
+) -> list[AnyArray]:
+    """Values of tensors' codes and absmax by a family's C ``kernel`` (None: its numpy ``body``), in one buffer."""
+    unit = 2 if pad_odd else 1
+    for q, am, n in zip(codes, absmaxes, counts, strict=True):
+        if n < 0 or q.size != (n + unit - 1) // unit:
+            raise ValueError(f"{n} codes take {(n + unit - 1) // unit} bytes, got {q.size}")
+        if am.size != nblocks_of(n, bs):
+            raise ValueError(f"{n} codes in blocks of {bs} need {nblocks_of(n, bs)} absmax values, got {am.size}")
+    lay = BlockLayout(counts, bs, pad_odd)
+    out = np.empty(lay.total, dtype=dtype)
+    if kernel is not None:
+        c_kernel, kind = kernel, KINDS[dtype]
+
+        def call(b0: int, b1: int) -> None:
+            t, e, _, span = lay.part(b0, b1)
+            src = (codes[t], absmaxes[t], counts[t]) if pad_odd else (codes[t], absmaxes[t])
+            c_kernel(src, bs, tables[0], (out[e], kind), span)
+
+        run_blocks(lay, call, None)
+    else:
+
+        def run(b0: int, b1: int) -> None:
+            e0, e1 = lay.block_start(b0), lay.block_start(b1)
+            q, am = lay.gather(codes, b0, b1, unit), lay.gather(absmaxes, b0, b1, unit=0)
+            with np.errstate(all="ignore"):
+                body(q, lay.run(b0, b1), am, tables[1], out[e0:e1])
+
+        run_blocks(lay, run, NUMPY_CHUNK)
+    return lay.values(out)
 
 
-_INF_BITS = {_F32: 0x7F800000, _F16: 0x7C00, _BF16: 0x7F80}
-_ABS_MASK = {_F32: 0x7FFFFFFF, _F16: 0x7FFF, _BF16: 0x7FFF}
+# ================================================================================================ 8-bit
+# The dynamic map, bitsandbytes' 65536-entry code lookup, the one 8-bit body and its entry points.
+
+
+def _linspace_f32(steps: int) -> F32Array:
+    """torch.linspace(0.1, 1, steps, dtype=float32) on CPU: each point one fused multiply-add, rounded once."""
+    start, end = float(np.float32(0.1)), 1.0
+    step = float(np.float32(np.float32(end - start) / np.float32(steps - 1)))
+    half = steps // 2
+    # The product and the sum are exact in float64 (24 + 7 bits), so one rounding to float32 is the fma's.
+    vals = [start + step * i if i < half else end - step * (steps - i - 1) for i in range(steps)]
+    return np.array(vals, dtype=np.float64).astype(np.float32)
 
 
 @lru_cache(maxsize=1)
-def _f16_table() -> F32Array:
-    return _readonly(np.arange(65536, dtype=np.uint16).view(np.float16).astype(np.float32))
+def _dynamic_map() -> F32Array:
+    parts = [np.array([0.0, 1.0], dtype=np.float32)]
+    for i in range(7):
+        b = _linspace_f32(2**i + 1)
+        means = (b[:-1] + b[1:]) / np.float32(2.0)
+        scale = np.float32(10.0 ** (i - 6))
+        parts += [scale * means, -scale * means]
+    out = np.sort(np.concatenate(parts)).astype(np.float32)
+    assert out.size == 256
+    return readonly(out)
 
 
-def _to_f32(x: AnyArray, out: AnyArray) -> AnyArray:
-    """Exact float32 values of a source slice into ``out`` (float16 by table: numpy's cast is slow)."""
-    if x.dtype == _F16:
-        np.take(_f16_table(), x.view(np.uint16), out=out, mode="clip")
+def dynamic_map() -> F32Array:
+    """bitsandbytes' ``create_dynamic_map(signed=True)``: 256 sorted float32 values, computed here."""
+    return _dynamic_map().copy()
+
+
+class Lut8:
+    """bitsandbytes' CPU 8-bit code lookup for one sorted 256-entry map (built once per map)."""
+
+    def __init__(self, code: F32Array) -> None:
+        if code.shape != (256,) or not np.all(code[1:] >= code[:-1]):
+            raise ValueError("an 8-bit code must be 256 sorted float32 values")
+        self.code: F32Array = readonly(code.copy())
+        mids = (np.float32(0.5) * (code[:-1] + code[1:])).astype(np.float32)
+        grid = (np.float32(-1.0) + (np.float32(2.0) * np.arange(65536, dtype=np.float32)) / np.float32(65535.0)).astype(
+            np.float32
+        )
+        # lut[i] = number of midpoints strictly below grid point i (the C kernel's forward walk).
+        self.lut: U8Array = readonly(np.searchsorted(mids, grid, side="left").astype(np.uint8))
+        self._pairs: npt.NDArray[np.uint64] | None = None
+
+    @property
+    def pairs(self) -> npt.NDArray[np.uint64]:
+        """Values of two consecutive codes read as one little-endian uint16, as a float32 pair: one gather per two."""
+        if self._pairs is None:
+            p = np.empty((65536, 2), dtype=np.float32)
+            p[:, 0] = np.tile(self.code, 256)
+            p[:, 1] = np.repeat(self.code, 256)
+            self._pairs = readonly(p.view(np.uint64).reshape(65536))
+        return self._pairs
+
+
+@lru_cache(maxsize=8)
+def _lut8_cached(code_bytes: bytes) -> Lut8:
+    return Lut8(np.frombuffer(code_bytes, dtype=np.float32))
+
+
+def lut8(code: AnyArray | None) -> Lut8:
+    """The lookup of an 8-bit map (None: the dynamic map), built once per map."""
+    if code is None:
+        return _lut8_cached(_dynamic_map().tobytes())
+    return _lut8_cached(np.ascontiguousarray(np.asarray(code, dtype=np.float32)).tobytes())
+
+
+def lut_index(c: F32Array) -> npt.NDArray[np.uint16]:
+    """The lookup's grid index of scaled values: NaN as -1, clamped to [-1, 1], (c + 1) * 32767.5 + 0.5 in float32."""
+    c = np.array(c, dtype=np.float32)  # a copy we may scribble on
+    nan = np.isnan(c)
+    np.clip(c, np.float32(-1.0), np.float32(1.0), out=c)
+    c[nan] = -1.0
+    c += np.float32(1.0)
+    c *= np.float32(32767.5)  # (t * 0.5) * 65535, the halving being exact
+    c += np.float32(0.5)
+    return c.astype(np.uint16)
+
+
+def quantize8_blocks(x: AnyArray, blocks: Blocks, lut: Lut8, codes: U8Array, absmax: F32Array) -> None:
+    """The 8-bit arithmetic, the spec of the C ``quantize8``: codes of the elements ``x`` and absmax of ``blocks``.
+
+    absmax = max |x| per block, NaN ignored; c = x * (1 / absmax); code = lut[index(c)]. A block whose
+    absmax is 0 (all zero or NaN) gets codes 0; one whose 1/absmax is not a finite normal number, or
+    holding a NaN, takes the clamping index; the others need no clamp (|c| <= 1 + ulp).
+    """
+    mbits = blocks.max(abs_bits(x))
+    am = bits_to_f32(mbits, x.dtype)
+    has_nan = mbits > INF_BITS[x.dtype]
+    if has_nan.any():
+        am = am.copy()
+        where, block_of = blocks.elements(has_nan)
+        ax = np.abs(to_f32(x[where], np.empty(where.size, np.float32)))
+        ax[np.isnan(ax)] = 0.0  # NaN ignored, as bitsandbytes' 8-bit kernel does
+        am[has_nan] = 0.0
+        np.maximum.at(am, block_of, ax)
+    absmax[:] = am
+    inv = np.float32(1.0) / am
+    normal = (am > 0) & (inv < np.inf) & (am < np.inf) & ~has_nan
+    all_normal = bool(normal.all())
+    v = to_f32(x, scratch("f32", x.size, np.float32))
+    blocks.scale(v, inv if all_normal else np.where(normal, inv, np.float32(0.0)), v)
+    v += np.float32(1.0)  # (c + 1) * 32767.5 + 0.5, each step rounded in float32
+    v *= np.float32(32767.5)
+    v += np.float32(0.5)
+    idx = scratch("u16", x.size, np.uint16)
+    np.copyto(idx, v, casting="unsafe")
+    np.take(lut.lut, idx, out=codes, mode="clip")
+    if not all_normal:
+        where, block_of = blocks.elements(~normal)
+        c = to_f32(x[where], np.empty(where.size, np.float32)) * inv[block_of]
+        special = lut.lut[lut_index(c)]
+        special[am[block_of] == 0] = 0  # an all-zero (or all-NaN) block
+        codes[where] = special
+
+
+def dequantize8_blocks(q: U8Array, blocks: Blocks, absmax: F32Array, lut: Lut8, out: AnyArray) -> None:
+    """The 8-bit decode, the spec of the C ``dequantize8``: ``code[q] * absmax`` in float32, rounded into out."""
+    n = q.size
+    if n % 2 == 0:  # two codes per gather
+        v = np.take(lut.pairs, q.view(np.uint16), out=scratch("u64", n // 2, np.uint64), mode="clip").view(np.float32)
     else:
-        np.copyto(out, x, casting="unsafe")
-    return out
-
-
-def _block_max_bits(x: AnyArray, nblocks: int, blocksize: int) -> AnyArray:
-    """Per-block max of |x| as bit patterns (integer max: NaN patterns sort above inf)."""
-    u = _bits(x)
-    m = np.bitwise_and(u, u.dtype.type(_ABS_MASK[x.dtype]), out=_scratch("absbits", u.size, u.dtype))
-    full = (u.size // blocksize) * blocksize
-    if blocksize >= 512 or u.size != full:
-        out = np.empty(nblocks, dtype=m.dtype)
-        if full:
-            np.max(m[:full].reshape(-1, blocksize), axis=1, out=out[: full // blocksize])
-        if full < u.size:
-            out[-1] = m[full:].max()
-        return out
-    return np.maximum.reduceat(m, _starts(nblocks, blocksize))
-
-
-@lru_cache(maxsize=64)
-def _starts(nblocks: int, blocksize: int) -> npt.NDArray[np.intp]:
-    return _readonly(np.arange(0, nblocks * blocksize, blocksize, dtype=np.intp))
-
-
-def _bits_to_f32(m: AnyArray, dtype: np.dtype[Any]) -> F32Array:
-    if dtype == _F32:
-        return m.view(np.float32)
-    if dtype == _BF16:
-        return (m.astype(np.uint32) << 16).view(np.float32)
-    return m.view(np.float16).astype(np.float32)
-
-
-def _nblocks(n: int, blocksize: int) -> int:
-    return -(-n // blocksize)
-
-
-def _check_blocksize(blocksize: int) -> int:
-    if not isinstance(blocksize, (int, np.integer)) or isinstance(blocksize, bool) or blocksize <= 0:
-        raise ValueError(f"blocksize must be a positive integer, not {blocksize!r}")
-    return int(blocksize)
-
-
-# ------------------------------------------------------------------------------------------------ native
-
-_KIND = {_F32: 0, _F16: 1, _BF16: 2}  # element kinds as the C kernels number them
-_NATIVE_CHUNK = 1 << 20  # most elements per C call when work is split between threads
-_NATIVE_PARALLEL_MIN = 1 << 18  # below this many elements one thread is faster (a hand-off costs ~50 µs)
-
-
-def _native_blocks(nblocks: int, blocksize: int, call: Callable[[int, int], None]) -> None:
-    """Run the C kernel ``call(first_block, end_block)`` over all blocks, at once or in chunks taken by the threads.
-
-    The C kernels release the GIL, so chunks run in parallel; taking chunks from a shared queue
-    keeps both cores busy when one is slowed by other load.
-    """
-    n = nblocks * blocksize
-    threads = get_num_threads()
-    if threads == 1 or n < _NATIVE_PARALLEL_MIN or nblocks < 2:
-        call(0, nblocks)
-        return
-    per = max(1, min(_NATIVE_CHUNK, n // (2 * threads)) // blocksize)  # two chunks a thread or more
-    chunks = iter(range(0, nblocks, per))
-    lock = threading.Lock()
-
-    def run() -> None:
-        while True:
-            with lock:
-                b = next(chunks, None)
-            if b is None:
-                return
-            call(b, min(nblocks, b + per))
-
-    futures = [_executor().submit(run) for _ in range(threads - 1)]
-    run()
-    for f in futures:
-        f.result()
-
-
-def _native_spans(ends: list[int], call: Callable[[int, int], None]) -> None:
-    """Run ``call(i, j)`` over items ``[i, j)`` of a batch in spans of about equal work, one per thread.
-
-    ``ends`` holds the cumulative work (elements) of the items, starting with 0.
-    """
-    count, total = len(ends) - 1, ends[-1]
-    threads = min(get_num_threads(), count)
-    if threads <= 1 or total < _NATIVE_PARALLEL_MIN:
-        call(0, count)
-        return
-    cuts = sorted({0, count, *(bisect_left(ends, total * k // threads) for k in range(1, threads))})
-    spans = list(pairwise(cuts))
-    futures = [_executor().submit(call, i, j) for i, j in spans[1:]]
-    call(*spans[0])
-    for f in futures:
-        f.result()
-
-
-def _q8_native(native: Any, a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
-    codes = np.empty(a.size, dtype=np.uint8)
-    absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
-    kind = _KIND[a.dtype]
-    _native_blocks(absmax.size, bs, lambda b0, b1: native.quantize8(a, kind, bs, lut.lut, codes, absmax, b0, b1))
-    return codes, absmax
-
-
-def _q4_native(native: Any, a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
-    packed = np.empty((a.size + 1) // 2, dtype=np.uint8)
-    absmax = np.empty(_nblocks(a.size, bs), dtype=np.float32)
-    kind = _KIND[a.dtype]
-
-    def call(b0: int, b1: int) -> None:
-        native.quantize4(a, kind, bs, table.grid, table.bounds, table.order, packed, absmax, b0, b1)
-
-    _native_blocks(absmax.size, bs, call)
-    return packed, absmax
-
-
-def _q_batch_native(
-    native: Any,
-    arrays: list[AnyArray],
-    bs: int,
-    four_bit: bool,
-    single: Callable[[AnyArray], tuple[U8Array, F32Array]],
-    tables: tuple[AnyArray, ...],
-) -> list[tuple[U8Array, F32Array]]:
-    """Many tensors in one C call per thread, laid end to end in shared outputs (the results are views)."""
-    sizes = [a.size for a in arrays]
-    if sizes and max(sizes) > _NATIVE_CHUNK:  # a large tensor alone, split between the threads by ``single``
-        out = [single(a) if a.size > _NATIVE_CHUNK else None for a in arrays]
-        small = [i for i, r in enumerate(out) if r is None]
-        for i, r in zip(
-            small, _q_batch_native(native, [arrays[i] for i in small], bs, four_bit, single, tables), strict=True
-        ):
-            out[i] = r
-        return [r for r in out if r is not None]
-    nbs = [-(-n // bs) for n in sizes]
-    ends = list(accumulate(sizes, initial=0))
-    bends = list(accumulate(nbs, initial=0))
-    cends = list(accumulate([(n + 1) // 2 for n in sizes], initial=0)) if four_bit else ends
-    codes = np.empty(cends[-1], dtype=np.uint8)
-    absmax = np.empty(bends[-1], dtype=np.float32)
-    kinds = bytes([_KIND[a.dtype] for a in arrays])
-    fn: Callable[..., None] = native.quantize4_batch if four_bit else native.quantize8_batch
-
-    def call(i: int, j: int) -> None:
-        fn(arrays[i:j], kinds[i:j], bs, *tables, codes[cends[i] : cends[j]], absmax[bends[i] : bends[j]])
-
-    _native_spans(ends, call)
-    return [(codes[c0:c1], absmax[b0:b1]) for (c0, c1), (b0, b1) in zip(pairwise(cends), pairwise(bends), strict=True)]
-
-
-def _flat(a: Any, dtype: np.dtype[Any]) -> AnyArray:
-    """A flat C-contiguous array of ``dtype`` (copying only when needed)."""
-    if type(a) is np.ndarray and a.dtype == dtype and a.ndim == 1 and a.flags.c_contiguous:
-        return a
-    return np.ascontiguousarray(np.asarray(a, dtype=dtype).reshape(-1))
-
-
-# ------------------------------------------------------------------------------------------------ 8-bit
-
-_SMALL = 1 << 15  # up to this many elements a tensor is done in one go on the calling thread
-
-
-class _Layout:
-    """Tensors laid end to end, each starting its own blocks (for 4-bit also its own byte): block geometry."""
-
-    def __init__(self, sizes: Sequence[int], bs: int, even: bool) -> None:
-        n = np.asarray(sizes, dtype=np.int64)
-        span = n + (n & 1) if even else n  # an odd 4-bit tensor carries bitsandbytes' padding 0.0
-        nb = -(-n // bs)
-        self.offsets = np.concatenate([[0], np.cumsum(span)[:-1]]).astype(np.int64)
-        self.block_offsets = np.concatenate([[0], np.cumsum(nb)[:-1]]).astype(np.int64)
-        self.total = int(span.sum())
-        nblocks = int(nb.sum())
-        lens = np.full(nblocks, bs, dtype=np.int64)
-        last = (self.block_offsets + nb - 1)[nb > 0]
-        lens[last] = (span - (nb - 1) * bs)[nb > 0]
-        self.lens = lens
-        self.starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.intp) if nblocks else np.zeros(0, np.intp)
-        partial = np.zeros(nblocks, dtype=bool)
-        partial[last] = (n % bs != 0)[nb > 0]
-        self.partial = partial
-        self.pads = (self.offsets + n)[(n & 1).astype(bool)] if even else np.zeros(0, np.int64)
-        marks = np.zeros(self.total, dtype=np.intp)
-        marks[self.starts[1:]] = 1
-        self.block_of = np.cumsum(marks, out=marks)  # block index of every element
-        self.sizes = [int(v) for v in n]
-        self.nblocks = [int(v) for v in nb]
-
-
-class _NoErrstate:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
-
-
-_NO_ERRSTATE = _NoErrstate()
-
-
-def _block_absmax(ax: F32Array, lay: _Layout, nan_ignoring: bool) -> F32Array:
-    """Max of |x| per block of a layout (NaN ignored like the 8-bit C kernel, or propagated like torch)."""
-    if nan_ignoring:
-        ax = _nan_to_zero(ax)  # an all-NaN block has absmax 0
-    if len(lay.starts) == 1:
-        return np.array([ax.max()], dtype=np.float32)
-    return np.maximum.reduceat(ax, lay.starts)
-
-
-def _nan_to_zero(ax: F32Array) -> F32Array:
-    """|x| with NaN as 0, for a max that ignores NaN (np.fmax does not ignore a signalling NaN everywhere)."""
-    return np.where(np.isnan(ax), np.float32(0.0), ax)
-
-
-def _per_element(v: AnyArray, lay: _Layout) -> Any:
-    """A per-block array spread over the elements (a scalar for a single block)."""
-    return v[0] if len(lay.starts) == 1 else np.take(v, lay.block_of, mode="clip")
-
-
-def _q8_seg(buf: AnyArray, lay: _Layout, lut: _Lut8) -> tuple[U8Array, F32Array]:
-    """8-bit codes and absmax of the blocks of a layout, in a few numpy calls (same arithmetic as the chunked path)."""
-    xf = _to_f32(buf, np.empty(buf.size, dtype=np.float32))
-    ax = np.abs(xf)
-    am = _block_absmax(ax, lay, nan_ignoring=True)
-    if am.min() >= np.float32(2.0**-126) and am.max() < np.inf and not np.isnan(ax.max()):
-        c = xf * _per_element(np.float32(1.0) / am, lay)
-        c += np.float32(1.0)  # (c + 1) * 32767.5 + 0.5, each step rounded in float32 as in the C kernel
-        c *= np.float32(32767.5)
-        c += np.float32(0.5)
-        return np.take(lut.lut, c.astype(np.uint16), mode="clip"), am
-    with np.errstate(all="ignore"):
-        c = xf * _per_element(np.float32(1.0) / am, lay)
-    codes = lut.lut[_lut_index(c)]
-    zero = am == 0  # the C kernel's special case: all-zero (or all-NaN) block
-    if zero.any():
-        codes[np.take(zero, lay.block_of, mode="clip")] = 0
-    return codes, am
-
-
-def _codes4(c: F32Array, table: _Table4, finite: bool) -> U8Array:
-    """4-bit codes of scaled values: a grid lookup, searched exactly where the grid cell is ambiguous
-    (or everywhere, when a block's statistics are not finite)."""
-    if not finite:
-        return table.exact(c)
-    cells = c * np.float32(_K4)
-    cells += np.float32(_K4_OFF)
-    codes: U8Array = np.take(table.grid, cells.astype(np.uint16), mode="clip")
-    if codes.max() >= 0x80:
-        hit = np.flatnonzero(codes >= 0x80)
-        codes[hit] = table.exact(c[hit])
-    return codes
-
-
-def _q4_seg(buf: AnyArray, lay: _Layout, table: _Table4) -> tuple[U8Array, F32Array]:
-    """Packed 4-bit codes and absmax of the blocks of an (even) layout, in a few numpy calls."""
-    xf = _to_f32(buf, np.empty(buf.size, dtype=np.float32))
-    am = _block_absmax(np.abs(xf), lay, nan_ignoring=False)
-    amc = np.maximum(am, np.float32(1e-38))
-    finite = bool(np.isfinite(amc).all())
-    with np.errstate(all="ignore") if not finite else _NO_ERRSTATE:
-        c = xf * _per_element(np.float32(1.0) / amc, lay)
-        if lay.partial.any():
-            # bitsandbytes divides in a tensor's last, partial block and stores that absmax clamped.
-            if len(lay.starts) == 1:
-                c = xf / amc[0]
-            else:
-                pe = np.flatnonzero(np.take(lay.partial, lay.block_of, mode="clip"))
-                c[pe] = xf[pe] / amc[lay.block_of[pe]]
-            am[lay.partial] = amc[lay.partial]
-        codes = _codes4(c, table, finite)
-        if not finite and lay.pads.size:
-            codes[lay.pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
-    packed = np.empty(buf.size // 2, dtype=np.uint8)
-    _pack(codes, packed)
-    return packed, am
-
-
-def _concat(arrays: Sequence[AnyArray], lay: _Layout) -> AnyArray:
-    """The arrays end to end as the layout places them (with a 0.0 after each odd one for 4-bit)."""
-    if lay.pads.size == 0:
-        return np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    zero = np.zeros(1, dtype=arrays[0].dtype)
-    parts: list[AnyArray] = []
-    for a in arrays:
-        parts.append(a)
-        if a.size & 1:
-            parts.append(zero)
-    return np.concatenate(parts)
-
-
-def _groups(arrays: Sequence[AnyArray]) -> list[list[int]]:
-    """Indices of small arrays of one dtype, in runs of about a chunk; large arrays alone."""
-    runs: list[list[int]] = []
-    open_runs: dict[np.dtype[Any], tuple[list[int], int]] = {}
-    for i, a in enumerate(arrays):
-        if a.size > _SMALL:
-            runs.append([i])
-            continue
-        run, size = open_runs.get(a.dtype, ([], 0))
-        if not run:
-            runs.append(run)
-        run.append(i)
-        size += a.size
-        open_runs[a.dtype] = ([], 0) if size >= _CHUNK else (run, size)
-    return runs
-
-
-def _map_groups(fn: Callable[[list[int]], None], groups: list[list[int]]) -> None:
-    threads = get_num_threads()
-    if threads == 1 or len(groups) < 2:
-        for g in groups:
-            fn(g)
-        return
-
-    def run(gs: list[list[int]]) -> None:
-        with np.errstate(all="ignore"):
-            for g in gs:
-                fn(g)
-
-    futures = [_executor().submit(run, groups[i::threads]) for i in range(1, threads)]
-    run(groups[0::threads])
-    for f in futures:
-        f.result()
+        v = np.take(lut.code, q, out=scratch("f32", n, np.float32), mode="clip")
+    blocks.scale(v, absmax, v)
+    np.copyto(out, v, casting="unsafe")
 
 
 def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = None) -> tuple[U8Array, F32Array]:
@@ -758,22 +719,20 @@ def quantize_blockwise8(x: Any, blocksize: int = 4096, code: AnyArray | None = N
     absmax, 1/absmax overflows and only ``|x - x̂| <= 2 * absmax`` holds (zeros there decode to
     -0.993 * absmax).
     """
-    a = _as_source(x)
-    bs = _check_blocksize(blocksize)
-    lut = _lut8(code)
+    return _quantize8([as_source(x)], check_blocksize(blocksize), lut8(code))[0]
+
+
+def _quantize8(arrays: list[AnyArray], bs: int, lut: Lut8) -> list[tuple[U8Array, F32Array]]:
     native = _c.kernels()
-    if native is not None:
-        return _q8_native(native, a, bs, lut)
-    n = a.size
-    codes = np.empty(n, dtype=np.uint8)
-    absmax = np.empty(_nblocks(n, bs), dtype=np.float32)
-    if n <= _SMALL:
-        return _q8_one(a, bs, lut) if n else (codes, absmax)
-    nfull = n // bs
-    _q8_run(a[: nfull * bs], bs, lut, codes, absmax)
-    if nfull * bs < n:
-        _q8_blocks(a[nfull * bs :], bs, lut, codes[nfull * bs :], absmax[nfull:])
-    return codes, absmax
+    kernel = None if native is None else native.quantize8
+    return quantize_layout(arrays, bs, False, kernel, (lut.lut, lut), quantize8_blocks)
+
+
+def _dequantize8(qs: list[U8Array], ams: list[F32Array], bs: int, dtype: Any, lut: Lut8) -> list[AnyArray]:
+    native = _c.kernels()
+    kernel = None if native is None else native.dequantize8
+    counts = [q.size for q in qs]
+    return dequantize_layout(qs, ams, counts, bs, out_dtype(dtype), kernel, (lut.code, lut), dequantize8_blocks, False)
 
 
 def quantize_blockwise8_batch(
@@ -781,261 +740,194 @@ def quantize_blockwise8_batch(
 ) -> list[tuple[U8Array, F32Array]]:
     """:func:`quantize_blockwise8` of many tensors at once, each starting its own blocks; same results.
 
-    For many small tensors, whose per-call overhead would dominate: they are laid end to end and
-    quantized in a few numpy calls per ~64K elements. Results may be views into shared buffers.
+    For many small tensors, whose per-call overhead would dominate: one layout, one pass. Results
+    may be views into shared buffers.
     """
-    arrays = [_as_source(x) for x in xs]
-    bs = _check_blocksize(blocksize)
-    lut = _lut8(code)
-    native = _c.kernels()
-    if native is not None:
-        return _q_batch_native(native, arrays, bs, False, lambda a: _q8_native(native, a, bs, lut), (lut.lut,))
-    out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
-
-    def group(idx: list[int]) -> None:
-        if len(idx) == 1 and arrays[idx[0]].size > _SMALL:
-            out[idx[0]] = quantize_blockwise8(arrays[idx[0]], bs, code)
-            return
-        lay = _Layout([arrays[i].size for i in idx], bs, even=False)
-        if lay.total == 0:
-            return
-        codes, absmax = _q8_seg(_concat([arrays[i] for i in idx], lay), lay, lut)
-        for i, o, b, nb in zip(idx, lay.offsets.tolist(), lay.block_offsets.tolist(), lay.nblocks, strict=True):
-            out[i] = (codes[o : o + arrays[i].size], absmax[b : b + nb])
-
-    _map_groups(group, _groups(arrays))
-    return out
-
-
-def _blockwise(
-    v: AnyArray, bs: int, per_block: Callable[[AnyArray], AnyArray], last: Callable[[AnyArray], Any]
-) -> AnyArray:
-    """Per-block reduction of a flat array whose last block may be partial (few numpy calls)."""
-    n = v.size
-    nfull = n // bs
-    if nfull * bs == n:
-        return per_block(v.reshape(nfull, bs))
-    out = np.empty(nfull + 1, dtype=v.dtype)
-    if nfull:
-        out[:nfull] = per_block(v[: nfull * bs].reshape(nfull, bs))
-    out[nfull] = last(v[nfull * bs :])
-    return out
-
-
-def _scaled(xf: AnyArray, s: AnyArray, bs: int, out: AnyArray) -> None:
-    """``out = xf * s[block]`` for a flat array whose last block may be partial."""
-    n = xf.size
-    full = (n // bs) * bs
-    if full:
-        np.multiply(xf[:full].reshape(-1, bs), s[: full // bs, None], out=out[:full].reshape(-1, bs))
-    if full < n:
-        np.multiply(xf[full:], s[-1], out=out[full:n])
-
-
-def _q8_one(a: AnyArray, bs: int, lut: _Lut8) -> tuple[U8Array, F32Array]:
-    """One small tensor in few numpy calls (the same arithmetic as the chunked path)."""
-    xf = _to_f32(a, np.empty(a.size, dtype=np.float32))
-    ax = np.abs(xf)
-    am = _blockwise(_nan_to_zero(ax), bs, _max_rows, _max_all)  # NaN ignored, as the C kernel does
-    c = np.empty_like(xf)
-    if am.min() >= np.float32(2.0**-126) and am.max() < np.inf and ax.max() < np.inf:  # also: no NaN
-        _scaled(xf, np.float32(1.0) / am, bs, c)
-        c += np.float32(1.0)  # (c + 1) * 32767.5 + 0.5, each step rounded in float32 as in the C kernel
-        c *= np.float32(32767.5)
-        c += np.float32(0.5)
-        return lut.lut.take(c.astype(np.uint16), mode="clip"), am
-    with np.errstate(all="ignore"):
-        _scaled(xf, np.float32(1.0) / am, bs, c)
-    codes = lut.lut[_lut_index(c)]
-    zero = np.repeat(am == 0, bs)[: a.size]
-    codes[zero] = 0  # the C kernel's special case: all-zero (or all-NaN) block
-    return codes, am
-
-
-def _max_rows(v: AnyArray) -> AnyArray:
-    return v.max(axis=1)  # type: ignore[no-any-return]
-
-
-def _max_all(v: AnyArray) -> Any:
-    return v.max()
-
-
-def _q4_one(a: AnyArray, bs: int, table: _Table4) -> tuple[U8Array, F32Array]:
-    """One small tensor in few numpy calls (the same arithmetic as the chunked path)."""
-    n = a.size
-    xf = _to_f32(a, np.empty(n, dtype=np.float32))
-    am = _blockwise(np.abs(xf), bs, _max_rows, _max_all)  # NaN propagates, as torch's max does
-    amc = np.maximum(am, np.float32(1e-38))
-    c = np.empty(n + (n & 1), dtype=np.float32)
-    finite = amc.max() < np.inf
-    with _NO_ERRSTATE if finite else np.errstate(all="ignore"):
-        _scaled(xf, np.float32(1.0) / amc, bs, c)
-        tail = (n // bs) * bs
-        if tail < n:  # bitsandbytes divides in the last, partial block and stores its absmax clamped
-            np.divide(xf[tail:], amc[-1], out=c[tail:n])
-            am[-1] = amc[-1]
-        if n & 1:
-            c[n] = 0.0  # bitsandbytes pads an odd count with a scaled 0.0
-        codes = _codes4(c, table, finite)
-        if not finite and n & 1:
-            codes[n] = table.pad_code
-    packed = np.empty((n + 1) // 2, dtype=np.uint8)
-    _pack(codes, packed)
-    return packed, am
-
-
-def _q8_run(x: AnyArray, bs: int, lut: _Lut8, codes: U8Array, absmax: F32Array) -> None:
-    """Full blocks of ``x``, in chunks over the thread pool."""
-
-    def work(b0: int, b1: int) -> None:
-        _q8_blocks(x[b0 * bs : b1 * bs], bs, lut, codes[b0 * bs : b1 * bs], absmax[b0:b1])
-
-    _parallel_blocks(x.size // bs, bs, work)
-
-
-def _q8_blocks(x: AnyArray, bs: int, lut: _Lut8, codes: U8Array, absmax: F32Array) -> None:
-    """Quantize whole blocks (the last may be partial) of ``x`` into ``codes``/``absmax``."""
-    n = x.size
-    mbits = _block_max_bits(x, absmax.size, bs)
-    am = _bits_to_f32(mbits, x.dtype)
-    has_nan = mbits > _INF_BITS[x.dtype]
-    if has_nan.any():
-        am = am.copy()
-        for b in np.flatnonzero(has_nan):
-            xb = _to_f32(x[b * bs : (b + 1) * bs], np.empty(min(bs, n - int(b) * bs), dtype=np.float32))
-            am[b] = _nan_to_zero(np.abs(xb)).max()  # NaN ignored, as the C kernel does
-    absmax[:] = am
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        inv = np.float32(1.0) / am
-        normal = (am > 0) & (inv < np.inf) & (am < np.inf) & ~has_nan
-        all_normal = bool(normal.all())
-        scale = inv if all_normal else np.where(normal, inv, np.float32(0.0))
-        v = _to_f32(x, _scratch("f32", n, np.float32))
-        _scaled(v, scale, bs, v)
-        # (c + 1) * 32767.5 + 0.5, each step rounded in float32 as in the C kernel; |c| <= 1 + ulp needs no clamp.
-        v += np.float32(1.0)
-        v *= np.float32(32767.5)
-        v += np.float32(0.5)
-        idx = _scratch("u16", n, np.uint16)
-        np.copyto(idx, v, casting="unsafe")
-    np.take(lut.lut, idx, out=codes, mode="clip")
-    if not all_normal:
-        for b in np.flatnonzero(~normal):
-            lo = int(b) * bs
-            hi = min(n, lo + bs)
-            if am[b] == 0:
-                codes[lo:hi] = 0  # the C kernel's special case: all-zero (or all-NaN) block
-                continue
-            xb = _to_f32(x[lo:hi], np.empty(hi - lo, dtype=np.float32))
-            with np.errstate(invalid="ignore", over="ignore"):
-                c = xb * inv[b]
-            codes[lo:hi] = lut.lut[_lut_index(c)]
+    return _quantize8([as_source(x) for x in xs], check_blocksize(blocksize), lut8(code))
 
 
 def dequantize_blockwise8(
     codes: Any, absmax: Any, blocksize: int = 4096, dtype: Any = np.float32, code: AnyArray | None = None
 ) -> AnyArray:
     """Values of 8-bit codes: ``code[q] * absmax`` in float32, rounded to nearest-even into ``dtype``."""
-    q = _flat(codes, _U8)
-    am = _flat(absmax, _F32)
-    bs = _check_blocksize(blocksize)
-    out_dtype = _out_dtype(dtype)
-    n = q.size
-    nb = _nblocks(n, bs)
-    if am.size != nb:
-        raise ValueError(f"{n} codes in blocks of {bs} need {nb} absmax values, got {am.size}")
-    lut = _lut8(code)
-    out = np.empty(n, dtype=out_dtype)
-    native = _c.kernels()
-    if native is not None:
-        kind = _KIND[out_dtype]
-        _native_blocks(nb, bs, lambda b0, b1: native.dequantize8(q, am, bs, lut.code, out, kind, b0, b1))
-        return out
-    if n <= _SMALL:
-        if n:
-            _dq8_blocks(q, am, bs, lut, out)
-        return out
-    nfull = n // bs
-    _dq8_run(q[: nfull * bs], am, bs, lut, out)
-    if nfull < nb:
-        _dq8_blocks(q[nfull * bs :], am[nfull:], bs, lut, out[nfull * bs :])
-    return out
+    bs = check_blocksize(blocksize)
+    return _dequantize8([flat(codes, U8)], [flat(absmax, F32)], bs, dtype, lut8(code))[0]
 
 
 def dequantize_blockwise8_batch(
     items: Sequence[tuple[Any, Any]], blocksize: int = 4096, dtype: Any = np.float32, code: AnyArray | None = None
 ) -> list[AnyArray]:
     """:func:`dequantize_blockwise8` of many ``(codes, absmax)`` pairs at once; same results (views into one buffer)."""
-    bs = _check_blocksize(blocksize)
-    out_dtype = _out_dtype(dtype)
-    qs = [_flat(c, _U8) for c, _ in items]
-    ams = [_flat(a, _F32) for _, a in items]
-    for q, am in zip(qs, ams, strict=True):
-        if am.size != _nblocks(q.size, bs):
-            raise ValueError(f"{q.size} codes in blocks of {bs} need {_nblocks(q.size, bs)} absmax values")
-    if not qs:
-        return []
-    table = _lut8(code).code
-    native = _c.kernels()
-    if native is not None:
-        ends = list(accumulate([q.size for q in qs], initial=0))
-        out = np.empty(ends[-1], dtype=out_dtype)
-        kind = _KIND[out_dtype]
-
-        def call(i: int, j: int) -> None:
-            native.dequantize8_batch(qs[i:j], ams[i:j], bs, table, out[ends[i] : ends[j]], kind)
-
-        _native_spans(ends, call)
-        return [out[o:e] for o, e in pairwise(ends)]
-    lay = _Layout([q.size for q in qs], bs, even=False)
-    with np.errstate(all="ignore"):
-        v = np.take(table, np.concatenate(qs), mode="clip") * _per_element(np.concatenate(ams), lay)
-        out = _cast_f32(v, out_dtype)
-    return [out[o : o + q.size] for q, o in zip(qs, lay.offsets.tolist(), strict=True)]
+    bs = check_blocksize(blocksize)
+    dt = out_dtype(dtype)
+    return _dequantize8([flat(c, U8) for c, _ in items], [flat(a, F32) for _, a in items], bs, dt, lut8(code))
 
 
-def _dq8_run(q: U8Array, am: F32Array, bs: int, lut: _Lut8, out: AnyArray) -> None:
-    def work(b0: int, b1: int) -> None:
-        _dq8_blocks(q[b0 * bs : b1 * bs], am[b0:b1], bs, lut, out[b0 * bs : b1 * bs])
+# ================================================================================================ 4-bit
+# The NF4 / FP4 tables, the one 4-bit body and its entry points.
 
-    _parallel_blocks(q.size // bs, bs, work)
+#: Block sizes bitsandbytes accepts for 4-bit (its CPU path accepts the same list as CUDA).
+BLOCKSIZES_4BIT = (32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+NF4_TABLE: F32Array = readonly(
+    np.array(
+        [
+            -1.0,
+            -0.6961928009986877,
+            -0.5250730514526367,
+            -0.39491748809814453,
+            -0.28444138169288635,
+            -0.18477343022823334,
+            -0.09105003625154495,
+            0.0,
+            0.07958029955625534,
+            0.16093020141124725,
+            0.24611230194568634,
+            0.33791524171829224,
+            0.44070982933044434,
+            0.5626170039176941,
+            0.7229568362236023,
+            1.0,
+        ],
+        dtype=np.float32,
+    )
+)
+"""NF4's 16 values (normal-distribution quantiles), code order = sorted order, 0 at index 7."""
+
+FP4_TABLE: F32Array = readonly(
+    np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3], dtype=np.float32) / np.float32(12.0)
+)
+"""FP4 (1 sign, 2 exponent, 1 mantissa bit) in bit-pattern order, scaled to [-1, 1] as bitsandbytes does."""
 
 
-def _dq8_blocks(q: U8Array, am: F32Array, bs: int, lut: _Lut8, out: AnyArray) -> None:
-    n = q.size
-    with np.errstate(invalid="ignore", over="ignore"):
-        if n % 2 == 0:
-            v = np.take(lut.pairs, q.view(np.uint16), out=_scratch("u64", n // 2, np.uint64), mode="clip").view(
-                np.float32
-            )
-        else:
-            v = np.take(lut.code, q, out=_scratch("f32", n, np.float32), mode="clip")
-        _scaled(v, am, bs, v)
-        np.copyto(out, v, casting="unsafe")
+# ------------------------------------------------------------------------------------------------ 8-bit lookup
 
 
-def _out_dtype(dtype: Any) -> np.dtype[Any]:
-    d: np.dtype[Any] = np.dtype(dtype)
-    if d not in _SOURCE_DTYPES:
-        raise TypeError(f"dequantization produces float32, float16 or bfloat16, not {d}")
-    return d
+GRID4_SCALE = 16384.0  # grid cells per unit of the scaled value
+GRID4_OFFSET = GRID4_SCALE + 2.0  # keeps the grid index positive for c down to -1 - a few ulps
+_TINY4 = 2.0**-100  # below this absmax, 1/absmax * GRID4_SCALE could overflow: not the fused grid product
 
 
-def _cast_f32(v: F32Array, dtype: np.dtype[Any]) -> AnyArray:
-    """Round float32 values to nearest-even into ``dtype`` (float32, float16 or bfloat16)."""
-    if dtype == _F32:
-        return v
-    return v.astype(dtype)
+def _grid4(c: F32Array) -> npt.NDArray[np.int64]:
+    """Grid cell of scaled values, with the very float32 operations of the kernels."""
+    v = np.asarray(c, dtype=np.float32) * np.float32(GRID4_SCALE)
+    v = v + np.float32(GRID4_OFFSET)
+    return v.astype(np.int64)
 
 
-# ------------------------------------------------------------------------------------------------ 4-bit
+class Table4:
+    """One 4-bit type: midpoints, sorted-position -> code, and a grid lookup table for the fast path."""
+
+    def __init__(self, values: F32Array) -> None:
+        self.values: F32Array = values
+        order = np.argsort(values, kind="stable")  # +0 (code 0) sorts before -0 (code 8), as in torch
+        sv = values[order]
+        self.bounds: F32Array = readonly(((sv[:-1] + sv[1:]) / np.float32(2.0)).astype(np.float32))
+        self.order: U8Array = readonly(order.astype(np.uint8))
+        self.pad_code = int(self.order[int(np.searchsorted(self.bounds, np.float32(0.0), side="left"))])
+        # The sorted position is #{bounds < c} = #{s_k <= c} with s_k the float just above bound k.
+        steps = np.nextafter(self.bounds, np.float32(np.inf)).astype(np.float32)
+        j_step, j_prev = _grid4(steps), _grid4(self.bounds)
+        size = int(_grid4(np.array([1.0009765625], dtype=np.float32))[0]) + 1
+        cells = np.arange(size)
+        count = np.searchsorted(j_step, cells, side="left")  # steps entirely below each cell
+        first = j_prev < j_step  # the step is its cell's first float: the whole cell is past it
+        np.add.at(count, j_step[first], 1)
+        ambiguous = np.zeros(size, dtype=bool)
+        ambiguous[j_step[~first]] = True
+        table = self.order[np.minimum(count, 15)].astype(np.uint8)
+        table[ambiguous] |= 0x80
+        self.grid: U8Array = readonly(table)
+        self.grid_size = size
+        self.native = (self.grid, self.bounds, self.order)  # what the C quantize4 takes
+        # Codes of a byte's two nibbles as a float32 pair, for dequantization.
+        pairs = np.empty((256, 2), dtype=np.float32)
+        pairs[:, 0] = np.repeat(values, 16)
+        pairs[:, 1] = np.tile(values, 16)
+        self.pairs: npt.NDArray[np.uint64] = readonly(pairs.view(np.uint64).reshape(256))
+
+    def exact(self, c: AnyArray) -> U8Array:
+        """Codes of scaled values by the definition: clamp, count midpoints below, NaN to the top."""
+        c = np.clip(c, np.float32(-1.0), np.float32(1.0))
+        pos = np.searchsorted(self.bounds, c, side="left")
+        pos[np.isnan(c)] = 15
+        return self.order[pos]
+
+    def codes(self, c: F32Array) -> U8Array:
+        """Codes of finite scaled values: the grid, searched exactly where a cell holds a midpoint."""
+        cells = c * np.float32(GRID4_SCALE)
+        cells += np.float32(GRID4_OFFSET)
+        codes: U8Array = np.take(self.grid, cells.astype(np.uint16), mode="clip")
+        hit = np.flatnonzero(codes >= 0x80)
+        codes[hit] = self.exact(c[hit])
+        return codes
 
 
-def _check_4bit(quant_type: str, blocksize: int) -> tuple[_Table4, int]:
-    t = _table4(quant_type)
+TABLES4 = {"nf4": Table4(NF4_TABLE), "fp4": Table4(FP4_TABLE)}
+
+
+def table4(quant_type: str) -> Table4:
+    try:
+        return TABLES4[quant_type]
+    except KeyError:
+        raise ValueError(f"quant_type must be 'nf4' or 'fp4', not {quant_type!r}") from None
+
+
+def check_4bit(quant_type: str, blocksize: int) -> tuple[Table4, int]:
+    t = table4(quant_type)
     if blocksize not in BLOCKSIZES_4BIT:
         raise ValueError(f"4-bit blocksize must be one of {BLOCKSIZES_4BIT}, not {blocksize!r}")
     return t, int(blocksize)
+
+
+def quantize4_blocks(x: AnyArray, blocks: Blocks, table: Table4, packed: U8Array, absmax: F32Array) -> None:
+    """The 4-bit arithmetic, the spec of the C ``quantize4``: packed codes of ``x`` and absmax of ``blocks``.
+
+    absmax = max |x| per block, NaN propagating; a full block scales c = x * (1 / max(absmax, 1e-38)),
+    a tensor's last, partial block c = x / max(absmax, 1e-38) and stores that clamped absmax; the code
+    is the table entry nearest clamp(c, -1, 1) (ties low, NaN top); pad elements get the code of 0.0;
+    two codes a byte, the first in the high nibble. Full blocks with a finite, not tiny absmax find
+    their code in one product ``x * (s * 2**14)`` (exact scaling) and a grid look-up.
+    """
+    n = x.size
+    am = bits_to_f32(blocks.max(abs_bits(x)), x.dtype)
+    amc = np.maximum(am, np.float32(1e-38))
+    s = np.float32(1.0) / amc
+    absmax[:] = am
+    partial = blocks.partial
+    absmax[partial] = amc[partial]
+    fast = ((am == 0) | ((am >= np.float32(_TINY4)) & (am < np.inf))) & ~partial
+    v = to_f32(x, scratch("f32", n, np.float32))
+    blocks.scale(v, np.where(fast & (am > 0), s * np.float32(GRID4_SCALE), np.float32(0.0)), v)
+    v += np.float32(GRID4_OFFSET)
+    cells = scratch("u16", n, np.uint16)
+    np.copyto(cells, v, casting="unsafe")
+    codes = np.take(table.grid, cells, out=scratch("u8", n + (n & 1), np.uint8)[:n], mode="clip")
+    if codes.max(initial=0) >= 0x80:  # cells holding a midpoint: those few elements exactly
+        hit = np.flatnonzero(codes >= 0x80)
+        codes[hit] = table.exact(to_f32(x[hit], np.empty(hit.size, np.float32)) * s[blocks.block_of(hit)])
+    if not fast.all():
+        where, block_of = blocks.elements(~fast)
+        xs = to_f32(x[where], np.empty(where.size, np.float32))
+        c = np.where(partial[block_of], xs / amc[block_of], xs * s[block_of])
+        codes[where] = table.codes(c) if bool(np.isfinite(amc[~fast]).all()) else table.exact(c)
+    codes[blocks.pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
+    _pack(codes, packed)
+
+
+def _pack(codes: U8Array, packed: U8Array) -> None:
+    """Two codes (< 16) per byte, the first in the high nibble, via 16-bit lanes (strided uint8 ops are slow)."""
+    w = codes.view(np.uint16)  # little-endian: first code in the low byte
+    hi = np.left_shift(w, 4, out=scratch("pack", w.size, np.uint16))
+    np.bitwise_or(hi, w >> 8, out=hi)
+    np.copyto(packed, hi, casting="unsafe")
+
+
+def dequantize4_blocks(p: U8Array, blocks: Blocks, absmax: F32Array, table: Table4, out: AnyArray) -> None:
+    """The 4-bit decode, the spec of the C ``dequantize4``: ``table[q] * absmax`` in float32, rounded into out."""
+    v = np.take(table.pairs, p, out=scratch("u64", p.size, np.uint64), mode="clip").view(np.float32)  # both nibbles
+    blocks.scale(v, absmax, v)
+    np.copyto(out, v[: out.size], casting="unsafe")
 
 
 def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple[U8Array, F32Array]:
@@ -1051,24 +943,22 @@ def quantize_4bit(x: Any, quant_type: str = "nf4", blocksize: int = 64) -> tuple
     the final cast to the source dtype adds its own rounding (half an ulp). Below absmax 1e-38 the
     scale is clamped and only ``|x - x̂| <= 2 * absmax`` holds.
     """
-    table, bs = _check_4bit(quant_type, blocksize)
-    a = _as_source(x)
+    table, bs = check_4bit(quant_type, blocksize)
+    return _quantize4([as_source(x)], bs, table)[0]
+
+
+def _quantize4(arrays: list[AnyArray], bs: int, table: Table4) -> list[tuple[U8Array, F32Array]]:
     native = _c.kernels()
-    if native is not None:
-        return _q4_native(native, a, bs, table)
-    n = a.size
-    if n == 0:
-        return np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.float32)
-    if n <= _SMALL:
-        return _q4_one(a, bs, table)
-    nb = _nblocks(n, bs)
-    nfull = n // bs
-    packed = np.empty((n + 1) // 2, dtype=np.uint8)
-    absmax = np.empty(nb, dtype=np.float32)
-    _q4_run(a[: nfull * bs], bs, table, packed, absmax)
-    if nfull < nb:
-        packed[nfull * bs // 2 :], absmax[nfull:] = _q4_one(a[nfull * bs :], bs, table)
-    return packed, absmax
+    kernel = None if native is None else native.quantize4
+    return quantize_layout(arrays, bs, True, kernel, (table.native, table), quantize4_blocks)
+
+
+def _dequantize4(
+    ps: list[U8Array], ams: list[F32Array], ns: list[int], bs: int, dtype: Any, table: Table4
+) -> list[AnyArray]:
+    native = _c.kernels()
+    kernel = None if native is None else native.dequantize4
+    return dequantize_layout(ps, ams, ns, bs, out_dtype(dtype), kernel, (table.values, table), dequantize4_blocks, True)
 
 
 def quantize_4bit_batch(
@@ -1076,223 +966,34 @@ def quantize_4bit_batch(
 ) -> list[tuple[U8Array, F32Array]]:
     """:func:`quantize_4bit` of many tensors at once, each starting its own blocks and bytes; same results.
 
-    For many small tensors, whose per-call overhead would dominate: they are laid end to end and
-    quantized in a few numpy calls per ~64K elements. Results may be views into shared buffers.
+    For many small tensors, whose per-call overhead would dominate: one layout, one pass. Results
+    may be views into shared buffers.
     """
-    table, bs = _check_4bit(quant_type, blocksize)
-    arrays = [_as_source(x) for x in xs]
-    native = _c.kernels()
-    if native is not None:
-        tables = (table.grid, table.bounds, table.order)
-        return _q_batch_native(native, arrays, bs, True, lambda a: _q4_native(native, a, bs, table), tables)
-    out: list[tuple[U8Array, F32Array]] = [(np.empty(0, np.uint8), np.empty(0, np.float32))] * len(arrays)
-
-    def group(idx: list[int]) -> None:
-        if len(idx) == 1 and arrays[idx[0]].size > _SMALL:
-            out[idx[0]] = quantize_4bit(arrays[idx[0]], quant_type, bs)
-            return
-        sizes = [arrays[i].size for i in idx]
-        if sum(-(-n // bs) * bs for n in sizes) <= 1.5 * sum(sizes) + bs:
-            # Little padding to whole blocks: then every block is scaled by broadcasting.
-            for i, res in zip(idx, _q4_padded([arrays[i] for i in idx], bs, table), strict=True):
-                out[i] = res
-            return
-        lay = _Layout(sizes, bs, even=True)
-        if lay.total == 0:
-            return
-        packed, absmax = _q4_seg(_concat([arrays[i] for i in idx], lay), lay, table)
-        for i, o, b, nb in zip(idx, lay.offsets.tolist(), lay.block_offsets.tolist(), lay.nblocks, strict=True):
-            out[i] = (packed[o // 2 : o // 2 + (arrays[i].size + 1) // 2], absmax[b : b + nb])
-
-    _map_groups(group, _groups(arrays))
-    return out
-
-
-def _q4_padded(arrays: Sequence[AnyArray], bs: int, table: _Table4) -> list[tuple[U8Array, F32Array]]:
-    """Tensors each zero-padded to whole blocks, quantized as full blocks; then their partial last blocks redone."""
-    sizes = [a.size for a in arrays]
-    nbs = [-(-n // bs) for n in sizes]
-    zeros = np.zeros(bs, dtype=arrays[0].dtype)
-    parts: list[AnyArray] = []
-    for a, nb in zip(arrays, nbs, strict=True):
-        parts.append(a)
-        if nb * bs > a.size:
-            parts.append(zeros[: nb * bs - a.size])
-    buf = np.concatenate(parts)
-    total_blocks = buf.size // bs
-    packed = np.empty(buf.size // 2, dtype=np.uint8)
-    absmax = np.empty(total_blocks, dtype=np.float32)
-    if total_blocks:
-        _q4_full(buf, bs, table, packed, absmax)
-    starts = [0]
-    for nb in nbs:
-        starts.append(starts[-1] + nb)
-    partial = [(starts[k] + n // bs, n % bs) for k, n in enumerate(sizes) if n % bs]
-    if partial:
-        rows = [r for r, _ in partial]
-        p_rows, am = _q4_rows(buf.reshape(total_blocks, bs)[rows], table, [c if c & 1 else -1 for _, c in partial])
-        packed.reshape(total_blocks, bs // 2)[rows] = p_rows
-        absmax[rows] = am
-    half = bs // 2
-    return [
-        (packed[b * half : b * half + (n + 1) // 2], absmax[b : b + nb])
-        for n, nb, b in zip(sizes, nbs, starts[:-1], strict=True)
-    ]
-
-
-def _q4_rows(rows: AnyArray, table: _Table4, pad_cols: list[int]) -> tuple[U8Array, F32Array]:
-    """Zero-padded partial last blocks ``(k, bs)``: divided by their clamped absmax, which they store."""
-    k, bs = rows.shape
-    xf = _to_f32(rows.reshape(-1), np.empty(rows.size, dtype=np.float32)).reshape(k, bs)
-    amc = np.maximum(np.abs(xf).max(axis=1), np.float32(1e-38))  # NaN propagates, like torch
-    finite = amc.max() < np.inf
-    with _NO_ERRSTATE if finite else np.errstate(all="ignore"):
-        c = (xf / amc[:, None]).reshape(-1)
-        codes = _codes4(c, table, finite)
-        if not finite:
-            pads = [r * bs + col for r, col in enumerate(pad_cols) if col >= 0]
-            codes[pads] = table.pad_code  # bitsandbytes pads the *scaled* values with 0.0
-    packed = np.empty((k, bs // 2), dtype=np.uint8)
-    _pack(codes, packed.reshape(-1))
-    return packed, amc
-
-
-def _q4_run(x: AnyArray, bs: int, table: _Table4, packed: U8Array, absmax: F32Array) -> None:
-    """Full blocks of ``x``, in chunks over the thread pool."""
-
-    def work(b0: int, b1: int) -> None:
-        _q4_full(x[b0 * bs : b1 * bs], bs, table, packed[b0 * bs // 2 : b1 * bs // 2], absmax[b0:b1])
-
-    _parallel_blocks(x.size // bs, bs, work)
-
-
-def _q4_full(x: AnyArray, bs: int, table: _Table4, packed: U8Array, absmax: F32Array) -> None:
-    """Quantize whole full blocks of ``x``: ``c = x * (1 / max(absmax, 1e-38))``."""
-    n = x.size
-    nb = n // bs
-    am = _bits_to_f32(_block_max_bits(x, nb, bs), x.dtype)  # NaN propagates, as torch's max does
-    absmax[:] = am
-    with np.errstate(invalid="ignore", over="ignore"):
-        s = np.float32(1.0) / np.maximum(am, np.float32(1e-38))
-        normal = (am == 0) | ((am >= np.float32(_TINY4)) & (am < np.inf))
-        all_normal = bool(normal.all())
-        # s * 2**14 is exact, so x * (s * 2**14) == (x * s) * 2**14: the grid cell of c in one product.
-        sk = np.where(normal & (am > 0), s * np.float32(_K4), np.float32(0.0))
-        v = _to_f32(x, _scratch("f32", n, np.float32))
-        v2 = v.reshape(nb, bs)
-        np.multiply(v2, sk[:, None], out=v2)
-        v += np.float32(_K4_OFF)
-        cells = _scratch("u16", n, np.uint16)
-        np.copyto(cells, v, casting="unsafe")
-        codes = np.take(table.grid, cells, out=_scratch("u8", n, np.uint8), mode="clip")
-        if codes.max() >= 0x80:
-            # Cells holding a midpoint: decide those few elements exactly.
-            hit = np.flatnonzero(codes >= 0x80)
-            xs = _to_f32(x[hit], np.empty(hit.size, dtype=np.float32))
-            codes[hit] = table.exact(xs * s[hit // bs])
-        if not all_normal:
-            for b in np.flatnonzero(~normal):
-                xb = _to_f32(x[b * bs : (b + 1) * bs], np.empty(bs, dtype=np.float32))
-                codes[b * bs : (b + 1) * bs] = table.exact(xb * s[b])
-    _pack(codes, packed)
-
-
-def _pack(codes: U8Array, packed: U8Array) -> None:
-    """Two codes (< 16) per byte, the first in the high nibble, via 16-bit lanes (strided uint8 ops are slow)."""
-    w = codes.view(np.uint16)  # little-endian: first code in the low byte
-    hi = np.left_shift(w, 4, out=_scratch("pack", w.size, np.uint16))
-    np.bitwise_or(hi, w >> 8, out=hi)
-    np.copyto(packed, hi, casting="unsafe")
+    table, bs = check_4bit(quant_type, blocksize)
+    return _quantize4([as_source(x) for x in xs], bs, table)
 
 
 def dequantize_4bit(
     packed: Any, absmax: Any, n: int, quant_type: str = "nf4", blocksize: int = 64, dtype: Any = np.float32
 ) -> AnyArray:
     """Values of ``n`` packed 4-bit codes: ``table[q] * absmax`` in float32, rounded to nearest-even into ``dtype``."""
-    table, bs = _check_4bit(quant_type, blocksize)
-    p = _flat(packed, _U8)
-    am = _flat(absmax, _F32)
-    out_dtype = _out_dtype(dtype)
-    n = int(n)
-    _check_4bit_sizes(p, am, n, bs)
-    out = np.empty(n, dtype=out_dtype)
-    native = _c.kernels()
-    if native is not None:
-        kind = _KIND[out_dtype]
-        _native_blocks(am.size, bs, lambda b0, b1: native.dequantize4(p, am, bs, table.values, out, kind, b0, b1))
-        return out
-    if n <= _SMALL:
-        if n:
-            _dq4_blocks(p, am, bs, table, out)
-        return out
-    nfull = n // bs
-    _dq4_run(p, am, bs, table, out[: nfull * bs])
-    if nfull * bs < n:
-        _dq4_blocks(p[nfull * bs // 2 :], am[nfull:], bs, table, out[nfull * bs :])
-    return out
-
-
-def _check_4bit_sizes(p: U8Array, am: F32Array, n: int, bs: int) -> None:
-    if n < 0 or p.size != (n + 1) // 2:
-        raise ValueError(f"{n} 4-bit codes take {(n + 1) // 2} bytes, got {p.size}")
-    if am.size != _nblocks(n, bs):
-        raise ValueError(f"{n} codes in blocks of {bs} need {_nblocks(n, bs)} absmax values, got {am.size}")
+    table, bs = check_4bit(quant_type, blocksize)
+    return _dequantize4([flat(packed, U8)], [flat(absmax, F32)], [int(n)], bs, dtype, table)[0]
 
 
 def dequantize_4bit_batch(
     items: Sequence[tuple[Any, Any, int]], quant_type: str = "nf4", blocksize: int = 64, dtype: Any = np.float32
 ) -> list[AnyArray]:
     """:func:`dequantize_4bit` of many ``(packed, absmax, n)`` at once; same results (views into one buffer)."""
-    table, bs = _check_4bit(quant_type, blocksize)
-    out_dtype = _out_dtype(dtype)
-    ps = [_flat(p, _U8) for p, _, _ in items]
-    ams = [_flat(a, _F32) for _, a, _ in items]
-    ns = [int(n) for _, _, n in items]
-    for p, am, n in zip(ps, ams, ns, strict=True):
-        _check_4bit_sizes(p, am, n, bs)
-    if not ps:
-        return []
-    native = _c.kernels()
-    if native is not None:
-        ends = list(accumulate(ns, initial=0))
-        out = np.empty(ends[-1], dtype=out_dtype)
-        kind = _KIND[out_dtype]
-
-        def call(i: int, j: int) -> None:
-            native.dequantize4_batch(ps[i:j], ams[i:j], ns[i:j], bs, table.values, out[ends[i] : ends[j]], kind)
-
-        _native_spans(ends, call)
-        return [out[o:e] for o, e in pairwise(ends)]
-    lay = _Layout(ns, bs, even=True)
-    with np.errstate(all="ignore"):
-        v = np.take(table.pairs, np.concatenate(ps), mode="clip").view(np.float32) * _per_element(
-            np.concatenate(ams), lay
-        )
-        out = _cast_f32(v, out_dtype)
-    return [out[o : o + n] for n, o in zip(ns, lay.offsets.tolist(), strict=True)]
+    table, bs = check_4bit(quant_type, blocksize)
+    dt = out_dtype(dtype)
+    ps = [flat(p, U8) for p, _, _ in items]
+    ams = [flat(a, F32) for _, a, _ in items]
+    return _dequantize4(ps, ams, [int(n) for _, _, n in items], bs, dt, table)
 
 
-def _dq4_run(p: U8Array, am: F32Array, bs: int, table: _Table4, out: AnyArray) -> None:
-    """Full blocks (``out.size // bs`` of them), in chunks over the thread pool."""
-    half = bs // 2
-
-    def work(b0: int, b1: int) -> None:
-        _dq4_blocks(p[b0 * half : b1 * half], am[b0:b1], bs, table, out[b0 * bs : b1 * bs])
-
-    _parallel_blocks(out.size // bs, bs, work)
-
-
-def _dq4_blocks(p: U8Array, am: F32Array, bs: int, table: _Table4, out: AnyArray) -> None:
-    n = out.size
-    v = np.take(table.pairs, p, out=_scratch("u64", p.size, np.uint64), mode="clip").view(np.float32)[
-        :n
-    ]  # both nibbles at once
-    with np.errstate(invalid="ignore", over="ignore"):
-        _scaled(v, am, bs, v)
-        np.copyto(out, v, casting="unsafe")
-
-
-# ------------------------------------------------------------------------------------------------ double quant
+# ================================================================================================ absmax statistics
+# bitsandbytes double quantization of the 4-bit statistics: torch's CPU mean, emulated, then 8-bit.
 
 
 def _ceil_log2(x: int) -> int:
@@ -1402,23 +1103,6 @@ def _torch_mean(x: F32Array, vector_width: int, threads: int) -> np.float32:
     return np.float32(total / np.float32(n))
 
 
-def quantize_absmax(absmax: Any, blocksize: int = 256) -> tuple[np.float32, U8Array, F32Array]:
-    """bitsandbytes' double quantization of 4-bit statistics: ``(offset, codes, nested_absmax)``.
-
-    ``offset`` is :func:`absmax_mean`; ``absmax - offset`` is quantized 8-bit in blocks of 256 with
-    the dynamic map. Decoded statistics are within ``nested_absmax * error_bound("dynamic")`` of the
-    originals (plus float32 rounding of the offset addition), so a decoded value moves by at most
-    that times its table entry. If the statistics sum past the float32 limit the mean is inf and
-    the decoded statistics NaN, as in bitsandbytes.
-    """
-    am = np.ascontiguousarray(np.asarray(absmax, dtype=np.float32).reshape(-1))
-    offset = absmax_mean(am)
-    with np.errstate(invalid="ignore"):
-        dev = am - offset
-    codes, nested = quantize_blockwise8(dev, blocksize)
-    return offset, codes, nested
-
-
 def quantize_absmax_batch(absmaxes: Sequence[Any], blocksize: int = 256) -> list[tuple[np.float32, U8Array, F32Array]]:
     """:func:`quantize_absmax` of many statistics arrays at once; the same bits.
 
@@ -1426,7 +1110,7 @@ def quantize_absmax_batch(absmaxes: Sequence[Any], blocksize: int = 256) -> list
     torch's grain, where the thread count plays no part) are stacked and summed column by column
     together; the deviations then go through one :func:`quantize_blockwise8_batch`.
     """
-    ams = [_flat(a, _F32) for a in absmaxes]
+    ams = [flat(a, F32) for a in absmaxes]
     by_size: dict[int, list[int]] = {}
     for i, am in enumerate(ams):
         by_size.setdefault(am.size, []).append(i)
@@ -1450,6 +1134,18 @@ def quantize_absmax_batch(absmaxes: Sequence[Any], blocksize: int = 256) -> list
     return [(offset, codes, nested) for offset, (codes, nested) in zip(offsets, quantized, strict=True)]
 
 
+def quantize_absmax(absmax: Any, blocksize: int = 256) -> tuple[np.float32, U8Array, F32Array]:
+    """bitsandbytes' double quantization of 4-bit statistics: ``(offset, codes, nested_absmax)``.
+
+    ``offset`` is :func:`absmax_mean`; ``absmax - offset`` is quantized 8-bit in blocks of 256 with
+    the dynamic map. Decoded statistics are within ``nested_absmax * error_bound("dynamic")`` of the
+    originals (plus float32 rounding of the offset addition), so a decoded value moves by at most
+    that times its table entry. If the statistics sum past the float32 limit the mean is inf and
+    the decoded statistics NaN, as in bitsandbytes.
+    """
+    return quantize_absmax_batch([absmax], blocksize)[0]
+
+
 def dequantize_absmax_batch(items: Sequence[tuple[Any, Any, Any]], blocksize: int = 256) -> list[F32Array]:
     """:func:`dequantize_absmax` of many ``(offset, codes, nested_absmax)``; same results (views into one buffer)."""
     devs = dequantize_blockwise8_batch([(codes, nested) for _, codes, nested in items], blocksize, np.float32)
@@ -1458,15 +1154,13 @@ def dequantize_absmax_batch(items: Sequence[tuple[Any, Any, Any]], blocksize: in
     sizes = [d.size for d in devs]
     offsets = np.repeat(np.array([offset for offset, _, _ in items], dtype=np.float32), sizes)
     with np.errstate(invalid="ignore", over="ignore"):
-        flat = np.concatenate(devs) + offsets
-    return [flat[o:e] for o, e in pairwise(accumulate(sizes, initial=0))]
+        flat_sum = np.concatenate(devs) + offsets
+    return [flat_sum[o:e] for o, e in pairwise(accumulate(sizes, initial=0))]
 
 
 def dequantize_absmax(offset: Any, codes: Any, nested_absmax: Any, blocksize: int = 256) -> F32Array:
     """Statistics back from :func:`quantize_absmax`: ``dynamic[q] * nested_absmax + offset`` in float32."""
-    dev = dequantize_blockwise8(codes, nested_absmax, blocksize, np.float32)
-    with np.errstate(invalid="ignore", over="ignore"):
-        return dev + np.float32(offset)
+    return dequantize_absmax_batch([(offset, codes, nested_absmax)], blocksize)[0]
 
 
 def error_bound(kind: str) -> float:
@@ -1474,23 +1168,20 @@ def error_bound(kind: str) -> float:
 
     Multiply by a block's absmax for the bound on |x - x̂| before the final cast.
     """
-    if kind in _TABLES4:
-        t = _TABLES4[kind]
-        sv = np.sort(t.values.astype(np.float64))
+    if kind in TABLES4:
+        sv = np.sort(TABLES4[kind].values.astype(np.float64))
         return float(np.max(np.diff(sv)) / 2) + 2.0**-22
     if kind == "dynamic":
-        return _lut8_error(_lut8(None))
+        lut = lut8(None)
+        grid = -1.0 + 2.0 * np.arange(65536) / 65535.0
+        code = lut.code.astype(np.float64)[lut.lut]
+        # Each grid cell spans +-1/65535 around its point (plus float32 rounding of the index arithmetic).
+        return float(np.max(np.abs(grid - code)) + 1.0 / 65535.0 + 2.0**-22)
     raise ValueError(f"unknown kind {kind!r}")
 
 
-def _lut8_error(lut: _Lut8) -> float:
-    grid = -1.0 + 2.0 * np.arange(65536) / 65535.0
-    code = lut.code.astype(np.float64)[lut.lut]
-    # Each grid cell spans +-1/65535 around its point (plus float32 rounding of the index arithmetic).
-    return float(np.max(np.abs(grid - code)) + 1.0 / 65535.0 + 2.0**-22)
-
-
-# ------------------------------------------------------------------------------------------------ torch
+# ================================================================================================ torch
+# The same steps in torch ops, for tensors on accelerators (CPU tensors take the kernels above).
 
 
 def _torch() -> Any:
@@ -1499,7 +1190,7 @@ def _torch() -> Any:
     return torch
 
 
-_TORCH_TO_NP = {"float32": _F32, "float16": _F16, "bfloat16": _BF16}
+_TORCH_TO_NP = {"float32": F32, "float16": F16, "bfloat16": BF16}
 
 
 def _tensor_to_numpy(t: Tensor) -> AnyArray:
@@ -1507,13 +1198,13 @@ def _tensor_to_numpy(t: Tensor) -> AnyArray:
     torch = _torch()
     t = t.detach().contiguous().reshape(-1)
     if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(_BF16)
+        return t.view(torch.int16).numpy().view(BF16)
     return np.asarray(t.numpy())
 
 
 def _numpy_to_tensor(a: AnyArray, device: Any) -> Tensor:
     torch = _torch()
-    if a.dtype == _BF16:
+    if a.dtype == BF16:
         t: Tensor = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
     else:
         t = torch.from_numpy(a).to(device)
@@ -1563,7 +1254,7 @@ def _lut_index_torch(c: Tensor) -> Tensor:
 def _per_block(v: Tensor, n: int, bs: int) -> Tensor:
     """A (blocks, bs) view of ``v`` padded with zeros."""
     torch = _torch()
-    nb = _nblocks(n, bs)
+    nb = nblocks_of(n, bs)
     if nb * bs != n:
         v = torch.cat([v, v.new_zeros(nb * bs - n)])
     return v.reshape(nb, bs)
@@ -1579,11 +1270,11 @@ def quantize_blockwise8_torch(
     """
     torch = _torch()
     x = _check_source_tensor(x)
-    bs = _check_blocksize(blocksize)
+    bs = check_blocksize(blocksize)
     if _use_numpy(x, impl):
         q_np, am_np = quantize_blockwise8(_tensor_to_numpy(x), bs, code)
         return _numpy_to_tensor(q_np, x.device), _numpy_to_tensor(am_np, x.device)
-    lut = _lut8(_code_np(code))
+    lut = lut8(_code_np(code))
     n = x.numel()
     xf = x.float()
     a = torch.abs(xf)
@@ -1610,24 +1301,24 @@ def dequantize_blockwise8_torch(
     """:func:`dequantize_blockwise8` for tensors on any device (``dtype`` a torch dtype, default float32)."""
     torch = _torch()
     dtype = torch.float32 if dtype is None else dtype
-    bs = _check_blocksize(blocksize)
+    bs = check_blocksize(blocksize)
     codes = codes.detach().contiguous().reshape(-1)
     absmax = absmax.detach().to(torch.float32).contiguous().reshape(-1)
     if _use_numpy(codes, impl):
         res = dequantize_blockwise8(codes.cpu().numpy(), absmax.cpu().numpy(), bs, _np_dtype(dtype), _code_np(code))
         return _numpy_to_tensor(res, codes.device)
     n = codes.numel()
-    if absmax.numel() != _nblocks(n, bs):
-        raise ValueError(f"{n} codes in blocks of {bs} need {_nblocks(n, bs)} absmax values, got {absmax.numel()}")
-    table = torch.from_numpy(_lut8(_code_np(code)).code.copy()).to(codes.device)
+    if absmax.numel() != nblocks_of(n, bs):
+        raise ValueError(f"{n} codes in blocks of {bs} need {nblocks_of(n, bs)} absmax values, got {absmax.numel()}")
+    table = torch.from_numpy(lut8(_code_np(code)).code.copy()).to(codes.device)
     v = table[codes.to(torch.int64)]
     out: Tensor = (_per_block(v, n, bs) * absmax[:, None]).reshape(-1)[:n].to(dtype)
     return out
 
 
-def _q4_codes_torch(xf: Tensor, n: int, bs: int, t: _Table4) -> tuple[Tensor, Tensor]:
+def _q4_codes_torch(xf: Tensor, n: int, bs: int, t: Table4) -> tuple[Tensor, Tensor]:
     torch = _torch()
-    nb = _nblocks(n, bs)
+    nb = nblocks_of(n, bs)
     nfull = n // bs
     a = torch.abs(xf)
     absmax = _per_block(a, n, bs).amax(dim=1)  # NaN propagates
@@ -1653,7 +1344,7 @@ def quantize_4bit_torch(
 ) -> tuple[Tensor, Tensor]:
     """:func:`quantize_4bit` for a tensor on any device; results on the tensor's device."""
     torch = _torch()
-    t, bs = _check_4bit(quant_type, blocksize)
+    t, bs = check_4bit(quant_type, blocksize)
     x = _check_source_tensor(x)
     if _use_numpy(x, impl):
         p_np, am_np = quantize_4bit(_tensor_to_numpy(x), quant_type, bs)
@@ -1680,7 +1371,7 @@ def dequantize_4bit_torch(
 ) -> Tensor:
     """:func:`dequantize_4bit` for tensors on any device (``dtype`` a torch dtype, default float32)."""
     torch = _torch()
-    t, bs = _check_4bit(quant_type, blocksize)
+    t, bs = check_4bit(quant_type, blocksize)
     dtype = torch.float32 if dtype is None else dtype
     packed = packed.detach().contiguous().reshape(-1)
     absmax = absmax.detach().to(torch.float32).contiguous().reshape(-1)
@@ -1688,7 +1379,7 @@ def dequantize_4bit_torch(
         res = dequantize_4bit(packed.cpu().numpy(), absmax.cpu().numpy(), n, quant_type, bs, _np_dtype(dtype))
         return _numpy_to_tensor(res, packed.device)
     n = int(n)
-    if packed.numel() != (n + 1) // 2 or absmax.numel() != _nblocks(n, bs):
+    if packed.numel() != (n + 1) // 2 or absmax.numel() != nblocks_of(n, bs):
         raise ValueError("packed codes or absmax do not match the element count")
     p = packed.to(torch.int64)
     nib = torch.stack([p >> 4, p & 15], dim=1).reshape(-1)[:n]

@@ -222,9 +222,37 @@ def test_set_native_refuses_what_was_not_built(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------------------------------------ bad calls
 
 N = _c.kernels()
-T4 = K._table4("nf4")
-LUT = K._lut8(None)
+T4 = K.table4("nf4")
+LUT = K.lut8(None)
 F32 = np.float32
+
+# The C kernels take a layout, tables, outputs and a block span as small tuples; the tests below spell
+# each call as one flat list (a single tensor) so that each argument can be spoiled in turn.
+
+
+def q8(src: Any, kind: Any, bs: Any, lut: Any, codes: Any, absmax: Any, start: Any, stop: Any) -> None:
+    N.quantize8(
+        ([src], bytes([kind % 256])) if isinstance(kind, int) else ([src], kind),
+        bs,
+        lut,
+        (codes, absmax),
+        (start, stop),
+    )
+
+
+def q4(
+    src: Any, kind: Any, bs: Any, grid: Any, bounds: Any, order: Any, packed: Any, absmax: Any, start: Any, stop: Any
+) -> None:
+    kinds = bytes([kind % 256]) if isinstance(kind, int) else kind
+    N.quantize4(([src], kinds), bs, (grid, bounds, order), (packed, absmax), (start, stop))
+
+
+def dq8(codes: Any, absmax: Any, bs: Any, table: Any, out: Any, kind: Any, start: Any, stop: Any) -> None:
+    N.dequantize8(([codes], [absmax]), bs, table, (out, kind), (start, stop))
+
+
+def dq4(packed: Any, absmax: Any, n: Any, bs: Any, values: Any, out: Any, kind: Any, start: Any, stop: Any) -> None:
+    N.dequantize4(([packed], [absmax], [n]), bs, values, (out, kind), (start, stop))
 
 
 def _q8_args(n: int = 100, bs: int = 64) -> list[Any]:
@@ -245,14 +273,15 @@ def _dq8_args(n: int = 100, bs: int = 64) -> list[Any]:
 
 def _dq4_args(n: int = 101, bs: int = 64) -> list[Any]:
     nb = -(-n // bs)
-    return [np.zeros((n + 1) // 2, np.uint8), np.ones(nb, F32), bs, T4.values, np.zeros(n, F32), 0, 0, nb]
+    out = np.zeros(n + n % 2, F32)  # an odd count takes one more position
+    return [np.zeros((n + 1) // 2, np.uint8), np.ones(nb, F32), n, bs, T4.values, out, 0, 0, nb]
 
 
-FUNCS: dict[str, tuple[Callable[..., None], Callable[[], list[Any]]]] = {
-    "quantize8": (N.quantize8, _q8_args),
-    "quantize4": (N.quantize4, _q4_args),
-    "dequantize8": (N.dequantize8, _dq8_args),
-    "dequantize4": (N.dequantize4, _dq4_args),
+FUNCS: dict[str, tuple[Callable[..., None], Callable[..., list[Any]]]] = {
+    "quantize8": (q8, _q8_args),
+    "quantize4": (q4, _q4_args),
+    "dequantize8": (dq8, _dq8_args),
+    "dequantize4": (dq4, _dq4_args),
 }
 
 
@@ -272,7 +301,7 @@ def _longer(a: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 BAD_ARGS: list[tuple[str, int, Any]] = [
     *[("quantize8", i, f) for i in (0, 3, 4, 5) for f in (_shorter, _longer)],  # src, lut, codes, absmax
     ("quantize8", 0, np.zeros(99, np.uint8)),  # bytes that are not whole float32 values
-    *[("quantize8", 1, k) for k in (-1, 3)],  # kind
+    *[("quantize8", 1, k) for k in (255, 3)],  # kind
     *[("quantize8", 2, b) for b in (0, -64)],  # blocksize
     *[("quantize8", 2, 200)],  # blocksize that changes the block count
     *[("quantize4", i, f) for i in (4, 5, 6, 7) for f in (_shorter, _longer)],  # bounds, order, packed, absmax
@@ -282,10 +311,12 @@ BAD_ARGS: list[tuple[str, int, Any]] = [
     *[("quantize4", 2, b) for b in (0, 63, -64)],
     *[("dequantize8", i, f) for i in (0, 1, 3, 4) for f in (_shorter, _longer)],  # codes, absmax, table, out
     *[("dequantize8", 5, k) for k in (-1, 3)],
-    *[("dequantize4", i, f) for i in (0, 1, 3) for f in (_shorter, _longer)],  # packed, absmax, values
-    ("dequantize4", 4, _shorter),  # out: 100 values need 50 bytes
-    ("dequantize4", 4, lambda a: np.zeros(103, F32)),
-    *[("dequantize4", 2, b) for b in (0, 63)],
+    *[("dequantize4", i, f) for i in (0, 1, 4) for f in (_shorter, _longer)],  # packed, absmax, values
+    ("dequantize4", 5, _shorter),  # out: 101 values take 102 positions
+    ("dequantize4", 5, lambda a: np.zeros(103, F32)),
+    ("dequantize4", 2, 103),  # a count the packed bytes do not hold
+    ("dequantize4", 2, -1),
+    *[("dequantize4", 3, b) for b in (0, 63)],
 ]
 
 
@@ -314,7 +345,7 @@ def test_bad_block_ranges_and_arguments_raise(name: str) -> None:
     with pytest.raises(TypeError):
         fn(*_with(args, 0, "a string"))
     with pytest.raises(TypeError):
-        fn(*_with(args, 2, 64.0))
+        fn(*_with(args, 3 if name == "dequantize4" else 2, 64.0))
 
 
 @pytest.mark.parametrize("name", FUNCS)
@@ -335,56 +366,62 @@ def test_read_only_or_strided_outputs_raise(name: str) -> None:
 
 def test_odd_4bit_blocksize_and_short_tables_raise() -> None:
     with pytest.raises(ValueError):
-        N.quantize4(*_with(_q4_args(bs=63), 2, 63))
+        q4(*_with(_q4_args(bs=63), 2, 63))
     with pytest.raises(ValueError):
-        N.quantize4(*_with(_q4_args(), 3, T4.grid[:32770]))
+        q4(*_with(_q4_args(), 3, T4.grid[:32770]))
     with pytest.raises(ValueError):
-        N.dequantize4(*_with(_dq4_args(bs=63), 2, 63))
+        dq4(*_with(_dq4_args(bs=63), 3, 63))
 
 
 def test_bad_batches_raise() -> None:
     xs = [np.zeros(5, F32), np.zeros(70, F32)]
     codes, absmax = np.zeros(75, np.uint8), np.zeros(1 + 2, F32)
-    N.quantize8_batch(xs, bytes([0, 0]), 64, LUT.lut, codes, absmax)
-    N.quantize4_batch(xs, bytes([0, 0]), 64, T4.grid, T4.bounds, T4.order, codes[:38], absmax)
+    k2 = bytes([0, 0])
+    whole = (0, 3)
+    N.quantize8((xs, k2), 64, LUT.lut, (codes, absmax), whole)
+    N.quantize4((xs, k2), 64, T4.native, (codes[:38], absmax), whole)
     bad_calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
-        (N.quantize8_batch, (xs, bytes([0]), 64, LUT.lut, codes, absmax)),  # kinds too short
-        (N.quantize8_batch, (xs, bytes([0, 7]), 64, LUT.lut, codes, absmax)),  # no such kind
-        (N.quantize8_batch, (xs, bytes([0, 0]), 64, LUT.lut, codes[1:], absmax)),
-        (N.quantize8_batch, (xs, bytes([0, 0]), 64, LUT.lut, codes, absmax[1:])),
-        (N.quantize8_batch, (xs, bytes([1, 1]), 64, LUT.lut, codes, absmax)),  # sizes for float16 differ
-        (N.quantize8_batch, ([np.zeros(3, np.uint8)], bytes([0]), 64, LUT.lut, codes[:0], absmax[:1])),  # 3 bytes
-        (N.quantize8_batch, ([None], bytes([0]), 64, LUT.lut, codes[:0], absmax[:0])),
-        (N.quantize8_batch, (5, bytes([0]), 64, LUT.lut, codes, absmax)),
-        (N.quantize8_batch, (xs, bytes([0, 0]), 0, LUT.lut, codes, absmax)),
-        (N.quantize4_batch, (xs, bytes([0, 0]), 64, T4.grid, T4.bounds, T4.order, codes[:39], absmax)),
-        (N.quantize4_batch, (xs, bytes([0, 0]), 64, T4.grid, T4.bounds, T4.order, codes[:37], absmax)),
-        (N.quantize4_batch, (xs, bytes([0, 0]), 64, T4.grid, T4.bounds[:-1], T4.order, codes[:38], absmax)),
-        (N.quantize4_batch, (xs, bytes([0, 0]), 64, T4.grid, T4.bounds, T4.order[:-1], codes[:38], absmax)),
+        (N.quantize8, ((xs, bytes([0])), 64, LUT.lut, (codes, absmax), whole)),  # kinds too short
+        (N.quantize8, ((xs, bytes([0, 7])), 64, LUT.lut, (codes, absmax), whole)),  # no such kind
+        (N.quantize8, ((xs, k2), 64, LUT.lut, (codes[1:], absmax), whole)),
+        (N.quantize8, ((xs, k2), 64, LUT.lut, (codes, absmax[1:]), whole)),
+        (N.quantize8, ((xs, bytes([1, 1])), 64, LUT.lut, (codes, absmax), whole)),  # sizes for float16 differ
+        (N.quantize8, (([np.zeros(3, np.uint8)], bytes([0])), 64, LUT.lut, (codes[:0], absmax[:1]), (0, 0))),
+        (N.quantize8, (([None], bytes([0])), 64, LUT.lut, (codes[:0], absmax[:0]), (0, 0))),
+        (N.quantize8, ((5, bytes([0])), 64, LUT.lut, (codes, absmax), whole)),
+        (N.quantize8, ((xs, k2), 0, LUT.lut, (codes, absmax), whole)),
+        (N.quantize8, ((xs, k2), 64, LUT.lut, (codes, absmax), (0, 4))),
+        (N.quantize8, ((xs, k2), 64, LUT.lut, (codes, absmax), (0,))),
+        (N.quantize4, ((xs, k2), 64, T4.native, (codes[:39], absmax), whole)),
+        (N.quantize4, ((xs, k2), 64, T4.native, (codes[:37], absmax), whole)),
+        (N.quantize4, ((xs, k2), 64, (T4.grid, T4.bounds[:-1], T4.order), (codes[:38], absmax), whole)),
+        (N.quantize4, ((xs, k2), 64, (T4.grid, T4.bounds, T4.order[:-1]), (codes[:38], absmax), whole)),
     ]
     qs, ams = [codes[:5], codes[5:]], [absmax[:1], absmax[1:]]
     out = np.zeros(75, F32)
-    N.dequantize8_batch(qs, ams, 64, LUT.code, out, 0)
+    N.dequantize8((qs, ams), 64, LUT.code, (out, 0), whole)
     bad_calls += [
-        (N.dequantize8_batch, (qs, ams[:1], 64, LUT.code, out, 0)),
-        (N.dequantize8_batch, (qs, [ams[1], ams[0]], 64, LUT.code, out, 0)),
-        (N.dequantize8_batch, (qs, ams, 64, LUT.code, out[1:], 0)),
-        (N.dequantize8_batch, (qs, ams, 64, LUT.code, out, 1)),
-        (N.dequantize8_batch, (qs, ams, 64, LUT.code[1:], out, 0)),
-        (N.dequantize8_batch, (qs, ams, 64, LUT.code, out, -1)),
-        (N.dequantize8_batch, (qs, ams, 64, LUT.code, out.copy().view(np.uint8).tobytes(), 0)),
+        (N.dequantize8, ((qs, ams[:1]), 64, LUT.code, (out, 0), whole)),
+        (N.dequantize8, ((qs, [ams[1], ams[0]]), 64, LUT.code, (out, 0), whole)),
+        (N.dequantize8, ((qs, ams), 64, LUT.code, (out[1:], 0), whole)),
+        (N.dequantize8, ((qs, ams), 64, LUT.code, (out, 1), whole)),
+        (N.dequantize8, ((qs, ams), 64, LUT.code[1:], (out, 0), whole)),
+        (N.dequantize8, ((qs, ams), 64, LUT.code, (out, -1), whole)),
+        (N.dequantize8, ((qs, ams), 64, LUT.code, (out.copy().view(np.uint8).tobytes(), 0), whole)),
     ]
     ps = [codes[:3], codes[3:38]]
-    N.dequantize4_batch(ps, ams, [5, 70], 64, T4.values, out, 0)
+    out4 = np.zeros(76, F32)  # 5 values take 6 positions
+    N.dequantize4((ps, ams, [5, 70]), 64, T4.values, (out4, 0), whole)
     bad_calls += [
-        (N.dequantize4_batch, (ps, ams, [5, 69], 64, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [6, 70], 64, T4.values, out, 0)),  # 6 fits the bytes, not the output
-        (N.dequantize4_batch, (ps, ams, [5, -70], 64, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [5, 2**70], 64, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [5, "70"], 64, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [5], 64, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [5, 70], 63, T4.values, out, 0)),
-        (N.dequantize4_batch, (ps, ams, [5, 70], 64, T4.values[1:], out, 0)),
+        (N.dequantize4, ((ps, ams, [5, 68]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [7, 70]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5, 70]), 64, T4.values, (out, 0), whole)),  # no room for the pad position
+        (N.dequantize4, ((ps, ams, [5, -70]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5, 2**70]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5, "70"]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5]), 64, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5, 70]), 63, T4.values, (out4, 0), whole)),
+        (N.dequantize4, ((ps, ams, [5, 70]), 64, T4.values[1:], (out4, 0), whole)),
     ]
     for fn, args in bad_calls:
         with pytest.raises((TypeError, ValueError, OverflowError)):
