@@ -303,7 +303,7 @@ def test_codecs_are_built_once_per_config(monkeypatch: pytest.MonkeyPatch) -> No
 @pytest.fixture
 def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     """A private copy of the registry, restored afterwards."""
-    monkeypatch.setattr(codecs, "_REGISTRY", dict(codecs._REGISTRY))
+    monkeypatch.setattr(codecs.base, "REGISTRY", dict(codecs.base.REGISTRY))
 
 
 class _Echo(Codec):
@@ -363,7 +363,7 @@ def test_a_failing_decode_batch_falls_back_to_one_by_one(cls: type[Blockwise8]) 
 
 
 def _reference_entry(raw: Any, index: int, first_segment: int, limits: wire.Limits) -> wire.Entry:
-    """The table-entry rules of docs/format.md spelled out plainly, to hold wire._entry's quicker checks against."""
+    """The table-entry rules of docs/format.md spelled out plainly, to hold wire.read_entry's quicker checks against."""
     what = f"tensor {index}"
 
     def dtype(name: Any, what: str) -> Any:
@@ -424,7 +424,7 @@ _JUNK = [None, -1, 0, 3, 2**70, 1.5, True, "", "x", "payload", "meta", "uint8", 
 _JUNK += [[], {}, [1], {"a": 1}]
 
 
-def _outcome(raw: Any, limits: wire.Limits, check: Any = wire._entry) -> Any:
+def _outcome(raw: Any, limits: wire.Limits, check: Any = wire.read_entry) -> Any:
     try:
         return check(raw, 3, 5, limits)
     except DecodeError as e:
@@ -485,6 +485,6 @@ def test_entry_check_takes_the_common_entries() -> None:
     for precision in ("nf4", "blockwise8", "minmax8", "fp8_e4m3", ["bf16", "fp8_e4m3"]):
         header, _ = split_message(tc.encode({"x": x}, policy=tc.Policy({"*": precision}, min_elements=0)))
         raw = header["tensors"][0]
-        assert wire._entry(raw, 0, 0, wire.DEFAULT_LIMITS) == _reference_entry(raw, 0, 0, wire.DEFAULT_LIMITS), (
+        assert wire.read_entry(raw, 0, 0, wire.DEFAULT_LIMITS) == _reference_entry(raw, 0, 0, wire.DEFAULT_LIMITS), (
             precision
         )

@@ -34,7 +34,6 @@ from .quant4 import Quant4
 from .chain import MAX_STAGES, BuiltCodecs, Quantized, build_codec, decode_batch, decode_segments, encode_chain
 from .precisions import PRECISIONS, precision_codec
 
-_REGISTRY = REGISTRY
 """The registry under its name from when the codecs were one module. Patching this name no longer swaps
 the registry (``base.REGISTRY`` is the one the functions read); it only keeps such fixtures working."""
 

@@ -59,6 +59,3 @@ __all__ = [
     "parse_message",
     "read_entry",
 ]
-
-_entry = read_entry
-"""The entry check under its old name, which tests/test_batches.py holds against a plain reference."""
