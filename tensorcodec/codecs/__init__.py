@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from .base import (
     FLOAT_SOURCES,
-    REGISTRY,
     Codec,
     DecodeItem,
     Encoded,
