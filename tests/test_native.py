@@ -12,12 +12,13 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 import pytest
+from _helpers import native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,16 +31,6 @@ if _c.kernels() is None:
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), BF16]
-
-
-@contextlib.contextmanager
-def native(enabled: bool) -> Iterator[None]:
-    before = tc.native_enabled()
-    tc.set_native(enabled)
-    try:
-        yield
-    finally:
-        tc.set_native(before)
 
 
 def both(fn: Callable[[], Any]) -> tuple[Any, Any]:
