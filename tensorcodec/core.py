@@ -43,13 +43,35 @@ _DECODE_BATCH = 256
 """Most tensors per ``decode_batch`` call."""
 
 
-def _plan(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[bytes, list[Any]]:
-    """The preamble + header, and the segments to follow it, in order."""
+def _plan(
+    obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int, named: bool = False
+) -> tuple[bytes, list[Any]]:
+    """The preamble + header, and the segments to follow it, in order.
+
+    Tensor names are built only when the policy reads them, or (``named``) to name a tensor in an error.
+    """
     if checksum is not None and checksum not in CHECKSUMS:
         raise ValueError(f"unknown checksum {checksum!r}; choose one of {sorted(CHECKSUMS)} or None")
     rules = Policy.of(precision, policy)
     devices: dict[int, Any] = {}
-    tree, leaves, names = flatten(obj, max_depth, names=rules is not None, devices=devices if rules else None)
+    want_names = rules is not None and (named or rules.needs_names)
+    tree, leaves, names = flatten(obj, max_depth, names=want_names, devices=devices if rules else None)
+    if rules is not None and names is None:
+        try:
+            return _planned(rules, tree, leaves, [""] * len(leaves), devices, checksum)
+        except (TypeError, ValueError):
+            return _plan(obj, precision, policy, checksum, max_depth, named=True)
+    return _planned(rules, tree, leaves, names, devices, checksum)
+
+
+def _planned(
+    rules: Policy | None,
+    tree: bytes,
+    leaves: list[Leaf],
+    names: list[str] | None,
+    devices: dict[int, Any],
+    checksum: str | None,
+) -> tuple[bytes, list[Any]]:
     chains: list[list[Codec] | None] = [None] * len(leaves)
     batches: dict[int, list[int]] = {}
     if rules is not None and names is not None:

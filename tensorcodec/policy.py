@@ -45,6 +45,15 @@ class Policy:
             self.rules.append((pattern, _chain(precision)))
         self.min_elements = min_elements
         self._compiled = [(re.compile(fnmatch.translate(p)), c) for p, c in self.rules]
+        self._keyed = [c is not None and any(isinstance(x, MinMax) and x.stochastic for x in c) for _, c in self.rules]
+        self._worth: dict[tuple[int, str, int], bool] = {}
+        """Whether rule i's chain makes a tensor of this dtype and count smaller: codecs are immutable."""
+
+    @property
+    def needs_names(self) -> bool:
+        """Whether ``choose`` reads tensor names: not when the first rule matches everything and
+        no rule keys stochastic noise by name (then encode skips building the names)."""
+        return bool(self.rules) and (self.rules[0][0] != "*" or any(self._keyed))
 
     @classmethod
     def of(cls, precision: Precision = None, policy: Policy | Mapping[str, Precision] | None = None) -> Policy | None:
@@ -61,24 +70,24 @@ class Policy:
 
     def choose(self, name: str, dtype: DType, count: int) -> list[Codec] | None:
         """The codec chain for one tensor, or None to send it losslessly."""
-        chain: list[Codec] | None = None
-        for pattern, candidate in self._compiled:
-            if pattern.match(name):
-                chain = candidate
-                break
+        index = next((i for i, (pattern, _) in enumerate(self._compiled) if pattern.match(name)), None)
+        if index is None:
+            return None
+        chain = self._compiled[index][1]
         if chain is None or count < self.min_elements:
             return None
-        stage_dtype: DType | None = dtype
-        for codec in chain[:-1]:
-            if stage_dtype is None or stage_dtype.name not in codec.sources:
-                return None
-            stage_dtype = codec.output_dtype(stage_dtype)
-        last = chain[-1]
-        if stage_dtype is None or stage_dtype.name not in last.sources:
+        key = (index, dtype.name, count)
+        worth = self._worth.get(key)
+        if worth is None:
+            worth = _worth(chain, dtype, count)
+            if len(self._worth) >= _MAX_REMEMBERED:
+                self._worth.clear()
+            self._worth[key] = worth
+        if not worth:
             return None
-        if last.bits_per_element(stage_dtype, count) >= 8 * dtype.itemsize:
-            return None
-        return [c.with_stream(name) if isinstance(c, MinMax) and c.stochastic else c for c in chain]
+        if self._keyed[index]:
+            return [c.with_stream(name) if isinstance(c, MinMax) and c.stochastic else c for c in chain]
+        return chain
 
     def __repr__(self) -> str:
         rules = {p: c for p, c in self.rules}
@@ -87,6 +96,22 @@ class Policy:
     def describe(self) -> dict[str, Any]:
         rules = [[p, None if cs is None else [[c.codec_id, c.get_config()] for c in cs]] for p, cs in self.rules]
         return {"rules": rules, "min_elements": self.min_elements}
+
+
+_MAX_REMEMBERED = 1 << 16
+
+
+def _worth(chain: list[Codec], dtype: DType, count: int) -> bool:
+    """Whether ``chain`` takes ``dtype`` stage by stage and its output is smaller than the tensor."""
+    stage_dtype: DType | None = dtype
+    for codec in chain[:-1]:
+        if stage_dtype is None or stage_dtype.name not in codec.sources:
+            return False
+        stage_dtype = codec.output_dtype(stage_dtype)
+    last = chain[-1]
+    if stage_dtype is None or stage_dtype.name not in last.sources:
+        return False
+    return last.bits_per_element(stage_dtype, count) < 8 * dtype.itemsize
 
 
 def _chain(precision: Precision) -> list[Codec] | None:

@@ -246,3 +246,17 @@ def test_stochastic_minmax_gets_a_stream_per_name() -> None:
     assert a == b == MinMax(4, stochastic=True, seed=9)  # same id and config: mutually decodable
     assert a.predicted_params() == {"stream": zlib.crc32(b"layer.a")}
     assert b.predicted_params() == {"stream": zlib.crc32(b"layer.b")}
+
+
+def test_names_are_built_only_when_read() -> None:
+    """A catch-all first rule never reads names, so encode skips them, yet an error still names its tensor."""
+    from example_codec import SignScale
+
+    assert not Policy({"*": "nf4"}).needs_names
+    assert Policy({"*.weight": "nf4"}).needs_names
+    assert Policy({"*": MinMax(bits=4, stochastic=True)}).needs_names
+    bad = np.ones(64, np.float32)
+    bad[3] = np.nan
+    tree = {"layer": [np.ones(64, np.float32), bad]}
+    with pytest.raises(ValueError, match=r"layer\.1"):
+        tc.encode(tree, policy=Policy({"*": SignScale()}, min_elements=0))
