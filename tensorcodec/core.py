@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _c, dtypes
-from .codecs import BuiltCodecs, Codec, Encoded, build_codec, decode_batch, decode_segments, encode_chain
+from .codecs import BuiltCodecs, Codec, build_codec, decode_batch, decode_segments, encode_chain
 from .dtypes import DType
 from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
 from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
@@ -87,14 +87,15 @@ def _planned(
         entries = [[leaf.dtype.name, leaf.shape] for leaf in leaves]
         segments = [leaf.data for leaf in leaves]
     else:
-        encoded = _encode_batches(batches, chains, leaves)
+        batched = _encode_batches(batches, chains, leaves, names)
         for i, leaf in enumerate(leaves):
             if leaf.encoded is not None:
                 entry, data = leaf.encoded.wire_entry()
             else:
-                name = names[i] if names is not None else ""
                 # pop: a batch result dies once its entry is built, which spares garbage collections
-                entry, data = encode_leaf(chains[i], leaf, name, devices.get(i), encoded.pop(i, None))
+                done = batched.pop(i, None)
+                name = names[i] if names is not None else ""
+                entry, data = done if done is not None else encode_leaf(chains[i], leaf, name, devices.get(i))
             entries.append(entry)
             segments.extend(data)
     sums = [CHECKSUMS[checksum](seg) for seg in segments] if checksum else []
@@ -102,10 +103,13 @@ def _planned(
 
 
 def _encode_batches(
-    batches: dict[int, list[int]], chains: list[list[Codec] | None], leaves: list[Leaf]
-) -> dict[int, Encoded]:
-    """Small tensors sharing one codec, encoded by a single ``encode_batch`` call per codec."""
-    out: dict[int, Encoded] = {}
+    batches: dict[int, list[int]], chains: list[list[Codec] | None], leaves: list[Leaf], names: list[str] | None
+) -> dict[int, WireTensor]:
+    """Small tensors sharing one codec, encoded by a single ``encode_batch`` call per codec.
+
+    One codec, so its config is read once and its segments' dtypes are looked up once for the batch.
+    """
+    out: dict[int, WireTensor] = {}
     for members in batches.values():
         if len(members) < 2:
             continue
@@ -115,8 +119,36 @@ def _encode_batches(
             results = codec.encode_batch(views)
         except (TypeError, ValueError):
             continue  # encode one by one below, so that the error names its tensor
-        out.update(zip(members, results, strict=True))
+        stage = [codec.codec_id, codec.get_config()]
+        known: dict[tuple[str, np.dtype[Any]], tuple[str, bool]] = {}
+        for i, encoded in zip(members, results, strict=True):
+            leaf = leaves[i]
+            name = names[i] if names is not None else ""
+            described, data = _segments(name, encoded.segments, known)
+            stages = [[*stage, encoded.params]]
+            out[i] = tuple.__new__(WireTensor, ([leaf.dtype.name, leaf.shape, stages, described], data))
     return out
+
+
+def _segments(
+    name: str, produced: Any, known: dict[tuple[str, np.dtype[Any]], tuple[str, bool]]
+) -> tuple[list[Any], list[Any]]:
+    """The table rows and bytes of a codec's segments; ``known`` remembers (role, dtype) checks already made."""
+    described = []
+    data = []
+    for seg_name, (role, arr) in produced.items():
+        checked = known.get((role, arr.dtype))
+        if checked is None:
+            row = dtypes.from_numpy(arr.dtype)
+            if row is None or role not in ROLES:
+                raise TypeError(f"tensor {name!r}: a codec produced segment {seg_name!r} of {arr.dtype}/{role!r}")
+            checked = known[role, arr.dtype] = (row.name, LITTLE and row.name in NUMPY_NATIVE and arr.dtype.isnative)
+        described.append([seg_name, role, checked[0], list(arr.shape)])
+        if checked[1] and arr.flags.c_contiguous:
+            data.append(arr)  # exports its bytes as they are, like a raw leaf
+        else:
+            data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
+    return described, data
 
 
 class WireTensor(NamedTuple):
@@ -128,18 +160,15 @@ class WireTensor(NamedTuple):
     """Its segments' bytes, in order (buffers with ``nbytes``)."""
 
 
-def encode_leaf(
-    chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None, done: Encoded | None = None
-) -> WireTensor:
+def encode_leaf(chain: list[Codec] | None, leaf: Leaf, name: str, device_tensor: Any = None) -> WireTensor:
     """Header entry and segment bytes of one tensor, raw or encoded by a chain of codecs.
 
     A tensor left on an accelerator (``device_tensor``) is quantized there when
-    the codec can; otherwise it is copied to the CPU first. ``done`` is this
-    tensor's result from a batch call.
+    the codec can; otherwise it is copied to the CPU first.
     """
     try:
-        encoded = done
-        if encoded is None and device_tensor is not None and chain is not None and len(chain) == 1:
+        encoded = None
+        if device_tensor is not None and chain is not None and len(chain) == 1:
             encoded = chain[0].encode_torch(device_tensor.detach().reshape(-1))
         if encoded is not None:
             stages = [[chain[0].codec_id, chain[0].get_config(), encoded.params]]  # type: ignore[index]
@@ -152,17 +181,7 @@ def encode_leaf(
             stages, produced = encode_chain(chain, values(leaf))
     except (TypeError, ValueError) as e:
         raise type(e)(f"tensor {name!r}: {e}") from None
-    described = []
-    data = []
-    for seg_name, (role, arr) in produced.items():
-        row = dtypes.from_numpy(arr.dtype)
-        if row is None or role not in ROLES:
-            raise TypeError(f"tensor {name!r}: a codec produced segment {seg_name!r} of {arr.dtype}/{role!r}")
-        described.append([seg_name, role, row.name, list(arr.shape)])
-        if LITTLE and row.name in NUMPY_NATIVE and arr.dtype.isnative and arr.flags.c_contiguous:
-            data.append(arr)  # exports its bytes as they are, like a raw leaf
-        else:
-            data.append(leaf_from_numpy(arr).data)  # type: ignore[union-attr]
+    described, data = _segments(name, produced, {})
     return tuple.__new__(WireTensor, ([leaf.dtype.name, leaf.shape, stages, described], data))
 
 

@@ -46,6 +46,7 @@ class Policy:
         self.min_elements = min_elements
         self._compiled = [(re.compile(fnmatch.translate(p)), c) for p, c in self.rules]
         self._keyed = [c is not None and any(isinstance(x, MinMax) and x.stochastic for x in c) for _, c in self.rules]
+        self._catch_all = bool(self.rules) and self.rules[0][0] == "*"
         self._worth: dict[tuple[int, str, int], bool] = {}
         """Whether rule i's chain makes a tensor of this dtype and count smaller: codecs are immutable."""
 
@@ -53,7 +54,7 @@ class Policy:
     def needs_names(self) -> bool:
         """Whether ``choose`` reads tensor names: not when the first rule matches everything and
         no rule keys stochastic noise by name (then encode skips building the names)."""
-        return bool(self.rules) and (self.rules[0][0] != "*" or any(self._keyed))
+        return not self._catch_all or any(self._keyed)
 
     @classmethod
     def of(cls, precision: Precision = None, policy: Policy | Mapping[str, Precision] | None = None) -> Policy | None:
@@ -70,9 +71,12 @@ class Policy:
 
     def choose(self, name: str, dtype: DType, count: int) -> list[Codec] | None:
         """The codec chain for one tensor, or None to send it losslessly."""
-        index = next((i for i, (pattern, _) in enumerate(self._compiled) if pattern.match(name)), None)
-        if index is None:
-            return None
+        if self._catch_all:
+            index = 0
+        else:
+            index = next((i for i, (pattern, _) in enumerate(self._compiled) if pattern.match(name)), -1)
+            if index < 0:
+                return None
         chain = self._compiled[index][1]
         if chain is None or count < self.min_elements:
             return None
