@@ -217,7 +217,7 @@ def valid_vectors() -> dict[str, tuple[str, Any, dict[str, Any]]]:
         "none": None,
         "bools": [True, False],
         "ints": [0, -1, 127, -(2**63), 2**64 - 1],
-        "big": [2**64, -(2**63) - 1, 2**100, -(2**200)],
+        "big": [2**64, -(2**63) - 1, 2**100, -(2**71), -(2**200)],
         "floats": [0.5, -0.0, float("inf"), float("nan"), 5e-324],
         "str": "v\u00e9ctor \u2713",
         "bytes": b"\x00\x01\xff",
