@@ -29,6 +29,9 @@ PENDING = {
     "refuse_segment_shape",
     "refuse_segment_unused",
     "refuse_stream_checksum_type",
+    "refuse_config_float",
+    "refuse_config_bool_type",
+    "refuse_config_stochastic_int",
 }
 """Refusals of the strict rules issue 10's hardening adds: expected to fail until it is merged."""
 

@@ -479,6 +479,21 @@ def refusal_vectors() -> dict[str, tuple[str, bytes, dict[str, Any]]]:
     )
     # Issue 10's hardening: strict where a second implementation could otherwise differ.
     add(
+        "config_float",
+        "codecs.md: quant4 blocksize 64.0, a float",
+        edit(nf4, stage(lambda e: e[2][0][1].update(blocksize=64.0))),
+    )
+    add(
+        "config_bool_type",
+        'codecs.md: quant4 double_quant "yes", not a bool',
+        edit(nf4, stage(lambda e: e[2][0][1].update(double_quant="yes"))),
+    )
+    add(
+        "config_stochastic_int",
+        "codecs.md: minmax stochastic 1, not a bool",
+        edit(mm, stage(lambda e: e[2][0][1].update(stochastic=1))),
+    )
+    add(
         "segment_role",
         "format.md 3: nf4 codes with the role meta",
         edit(nf4, stage(lambda e: e[3][0].__setitem__(1, "meta"))),
