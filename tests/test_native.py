@@ -25,6 +25,8 @@ from hypothesis import strategies as st
 import tensorcodec as tc
 from tensorcodec import _c
 from tensorcodec import kernels as K
+from tensorcodec.codecs.blockwise8 import lut8
+from tensorcodec.codecs.quant4 import table4
 
 if _c.kernels() is None:
     pytest.skip("tensorcodec._native is not built or switched off", allow_module_level=True)
@@ -180,9 +182,10 @@ def test_native_off_by_environment_or_when_not_built() -> None:
         "hidden = ['tensorcodec._native', 'tensorcodec._fastwire', 'tensorcodec._fasttree']\n"
         "if sys.argv[1] == 'unbuilt': sys.modules.update(dict.fromkeys(hidden))\n"
         "import tensorcodec as tc\n"
+        "import numpy as np\n"
         "from tensorcodec import _c, kernels as K\n"
         "print(_c.native_available(), tc.native_enabled())\n"
-        "x = K.np.linspace(-1, 1, 1001, dtype=K.np.float32)\n"
+        "x = np.linspace(-1, 1, 1001, dtype=np.float32)\n"
         "sys.stdout.write(K.quantize_4bit(x)[0].tobytes().hex())\n"
     )
     env = {**os.environ, "TENSORCODEC_NATIVE": "0"}
@@ -213,8 +216,8 @@ def test_set_native_refuses_what_was_not_built(monkeypatch: pytest.MonkeyPatch) 
 # ------------------------------------------------------------------------------------------------ bad calls
 
 N = _c.kernels()
-T4 = K.table4("nf4")
-LUT = K.lut8(None)
+T4 = table4("nf4")
+LUT = lut8(None)
 F32 = np.float32
 
 # The C kernels take a layout, tables, outputs and a block span as small tuples; the tests below spell
