@@ -155,7 +155,7 @@ def inspect(message: Any, *, limits: wire.Limits = wire.DEFAULT_LIMITS) -> Repor
 def _inspect_rope(rope: wire.Rope, limits: wire.Limits, check_padding: bool) -> Report:
     header = wire.parse_message(rope, limits, verify=False, check_padding=check_padding)
     hlen = int.from_bytes(rope.view(8, 4), "little")
-    raw_header = msgpack.unpackb(rope.view(wire.PREAMBLE_SIZE, hlen), raw=False, strict_map_key=False)
+    raw_header = wire.read_msgpack(rope.view(wire.PREAMBLE_SIZE, hlen), "header")
     names = _names(header.tree, len(header.entries), limits)
     rows = []
     pos = wire.PREAMBLE_SIZE + hlen
