@@ -25,7 +25,7 @@ from .core import encode_leaf
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
 from .leaves import NUMPY, SCALAR, TORCH, Leaf
-from .materialize import Framework, Materializer, kinds_of
+from .materialize import Framework, Materializer, kinds_of, scalar_error
 from .policy import Policy, Precision
 from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Budget, Entry, Limits, Segment
 from .wire.stream import (
@@ -211,6 +211,7 @@ class StreamDecoder:
         self._segment_count = 0
         self._store: dict[int, Any] = {}
         self._rows: list[DType] = []
+        self._shapes: list[tuple[int, ...]] = []
         self._tree: Any = None
         # The tensor being received.
         self._index = 0
@@ -325,6 +326,7 @@ class StreamDecoder:
         self._decoded += rec.entry.nbytes
         self._segment_count += len(rec.segments)
         self._rows.append(rec.entry.dtype)
+        self._shapes.append(rec.entry.shape)
         self._index, self._name, self._entry, self._segments = rec.index, rec.name, rec.entry, rec.segments
         self._sums, self._algorithm = rec.checksums, rec.checksum
         self._seg = 0
@@ -338,6 +340,8 @@ class StreamDecoder:
         cache: dict[tuple[int, int], Any] = {}
 
         def tensor(index: int, sent_kind: int) -> Any:
+            if sent_kind == SCALAR and self._shapes[index]:
+                raise scalar_error(index, self._shapes[index])
             kind = self._kinds[sent_kind]
             value = cache.get((index, kind))
             if value is None:
