@@ -319,7 +319,9 @@ class StreamDecoder:
             budget = Budget(self._limits, end + sum(seg.nbytes for seg in rec.segments))
             try:
                 budget.take(self._decoded + entry.nbytes, "decoded tensors")
-                check_coded(entry.stages, entry.segments, entry.dtype, entry.nbytes // entry.dtype.itemsize, None, budget)
+                check_coded(
+                    entry.stages, entry.segments, entry.dtype, entry.nbytes // entry.dtype.itemsize, None, budget
+                )
             except DecodeError as e:  # say which tensor, keep the class
                 e.args = (f"tensor {rec.index}: {e}",)
                 raise
