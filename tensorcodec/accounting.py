@@ -150,8 +150,8 @@ def _names(tree: bytes, entries: list[wire.Entry], limits: wire.Limits) -> list[
         return _Ref(index)
 
     root = unflatten(tree, ref, count, limits.max_depth)
-    for path, ref in named_leaves(root, lambda node: isinstance(node, _Ref)):
-        found[ref.index].append(path)
+    for path, leaf in named_leaves(root, lambda node: isinstance(node, _Ref)):
+        found[leaf.index].append(path)
     return [sorted(names) for names in found]
 
 

@@ -24,6 +24,7 @@ from tensorcodec.accounting import inspect
 from tensorcodec.wire.stream import Framer, pack_record
 from tests._helpers import join_message, pack, ref, split_message
 
+_LIMITS = tc.Limits()
 _DEEP = 500
 """Far past every depth limit (msgpack's packer nests at most 511)."""
 
@@ -39,7 +40,7 @@ def _message(obj: Any, **kw: Any) -> tuple[dict[str, Any], list[bytes]]:
     return split_message(tc.encode(obj, checksum=None, **kw))
 
 
-def _refused_by_decode(message: bytes, match: str, limits: tc.Limits = tc.Limits()) -> None:
+def _refused_by_decode(message: bytes, match: str, limits: tc.Limits = _LIMITS) -> None:
     cut = len(message) // 2
     for source in (message, [message[:cut], message[cut:]]):
         for copy in (True, False):
@@ -47,7 +48,7 @@ def _refused_by_decode(message: bytes, match: str, limits: tc.Limits = tc.Limits
                 tc.decode(source, copy=copy, limits=limits)
 
 
-def _refused(message: bytes, match: str, limits: tc.Limits = tc.Limits(), header_only: bool = True) -> None:
+def _refused(message: bytes, match: str, limits: tc.Limits = _LIMITS, header_only: bool = True) -> None:
     """Refused by decode; by inspect too where the fault is in the header."""
     _refused_by_decode(message, match, limits)
     if header_only:
@@ -67,7 +68,7 @@ def _stream(records: list[tuple[dict[str, Any], list[bytes]]], tree: Any, count:
     return frames
 
 
-def _stream_refused(frames: list[bytes], match: str, limits: tc.Limits = tc.Limits()) -> None:
+def _stream_refused(frames: list[bytes], match: str, limits: tc.Limits = _LIMITS) -> None:
     for copy in (True, False):
         decoder = tc.StreamDecoder(copy=copy, limits=limits)
         with pytest.raises(DecodeError, match=match):

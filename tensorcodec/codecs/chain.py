@@ -209,8 +209,8 @@ def check_coded(
                     f"codec {cid!r}: segment {seg.name!r} is {seg.role} {seg.dtype.name} {list(seg.shape)}, "
                     f"expected {role} {dt} {list(shape)} for {count} elements"
                 )
-    for dt in dts[1:]:
-        budget.take(count * dt.itemsize, f"codec {codecs[0].codec_id!r} intermediate {dt.name}")
+    for stage_dtype in dts[1:]:
+        budget.take(count * stage_dtype.itemsize, f"codec {codecs[0].codec_id!r} intermediate {stage_dtype.name}")
 
 
 def encode_chain(codecs: list[Codec], x: np.ndarray[Any, Any]) -> tuple[list[list[Any]], Segments]:

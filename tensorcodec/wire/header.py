@@ -303,7 +303,7 @@ class Budget:
     The cap is the message's size plus ``max_decoded_bytes`` (or its default), inclusive.
     """
 
-    __slots__ = ("cap", "used", "source")
+    __slots__ = ("cap", "source", "used")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Budget) and (self.cap, self.used) == (other.cap, other.used)
