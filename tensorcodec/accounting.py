@@ -26,7 +26,8 @@ import numpy as np
 from . import dtypes, wire
 from .codecs import Codec
 from .core import decode, encode
-from .leaves import leaf_from_torch, values
+from .leaves import SCALAR, leaf_from_torch, values
+from .materialize import scalar_error
 from .policy import Policy, Precision
 from .wire.tree import named_leaves, unflatten
 
@@ -138,12 +139,19 @@ class _Ref:
         self.index = index
 
 
-def _names(tree: bytes, count: int, limits: wire.Limits) -> list[list[str]]:
+def _names(tree: bytes, entries: list[wire.Entry], limits: wire.Limits) -> list[list[str]]:
     """Every dotted path under which each table entry appears in the tree."""
+    count = len(entries)
     found: list[list[str]] = [[] for _ in range(count)]
-    root = unflatten(tree, lambda index, kind: _Ref(index), count, limits.max_depth)
-    for path, ref in named_leaves(root, lambda node: isinstance(node, _Ref)):
-        found[ref.index].append(path)
+
+    def ref(index: int, kind: int) -> _Ref:
+        if kind == SCALAR and entries[index].shape:
+            raise scalar_error(index, entries[index].shape)
+        return _Ref(index)
+
+    root = unflatten(tree, ref, count, limits.max_depth)
+    for path, leaf in named_leaves(root, lambda node: isinstance(node, _Ref)):
+        found[leaf.index].append(path)
     return [sorted(names) for names in found]
 
 
@@ -155,8 +163,8 @@ def inspect(message: Any, *, limits: wire.Limits = wire.DEFAULT_LIMITS) -> Repor
 def _inspect_rope(rope: wire.Rope, limits: wire.Limits, check_padding: bool) -> Report:
     header = wire.parse_message(rope, limits, verify=False, check_padding=check_padding)
     hlen = int.from_bytes(rope.view(8, 4), "little")
-    raw_header = msgpack.unpackb(rope.view(wire.PREAMBLE_SIZE, hlen), raw=False, strict_map_key=False)
-    names = _names(header.tree, len(header.entries), limits)
+    raw_header = wire.read_msgpack(rope.view(wire.PREAMBLE_SIZE, hlen), "header")
+    names = _names(header.tree, header.entries, limits)
     rows = []
     pos = wire.PREAMBLE_SIZE + hlen
     per_tensor_framing = 0

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _c, dtypes
-from .codecs import BuiltCodecs, Codec, build_codec, decode_batch, decode_segments, encode_chain
+from .codecs import BuiltCodecs, Codec, build_codec, check_coded, decode_batch, decode_segments, encode_chain
 from .dtypes import DType
 from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
 from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
@@ -26,6 +26,7 @@ from .wire.header import (
     DEFAULT_LIMITS,
     ROLES,
     ZEROS,
+    Budget,
     Entry,
     Limits,
     Rope,
@@ -311,7 +312,7 @@ def decode(
     kinds_of(framework)  # a wrong framework is refused before the message is read
     rope = Rope(data)
     header = parse_message(rope, limits, verify)  # every rule checked before any tensor is built
-    coded = _Coded(header.entries, header.offsets, rope)
+    coded = _Coded(header.entries, header.offsets, rope, header.budget)
     tensors = MessageTensors(header, rope, framework, copy, device, coded.tensor)
     return unflatten(header.tree, tensors.tensor, len(header.entries), limits.max_depth, tensors.routes())
 
@@ -324,16 +325,27 @@ class _Coded:
     tensors. A batch that fails is left to the one-by-one path, whose error names the tensor.
     """
 
-    def __init__(self, entries: list[Entry], offsets: list[int], rope: Rope) -> None:
+    def __init__(self, entries: list[Entry], offsets: list[int], rope: Rope, budget: Budget) -> None:
+        self.budget = budget
         self.entries = entries
         self.offsets = offsets
         self.rope = rope
         self.built: BuiltCodecs = {}
         self.done: dict[int, np.ndarray[Any, Any]] | None = None
+        self.checked: set[int] = set()
+
+    def check(self, index: int) -> None:
+        """``check_coded`` of entry ``index``, once, before anything is decoded for it."""
+        if index not in self.checked:
+            entry = self.entries[index]
+            count = entry.nbytes // entry.dtype.itemsize
+            check_coded(entry.stages, entry.segments, entry.dtype, count, self.built, self.budget)
+            self.checked.add(index)
 
     def tensor(self, index: int, make: Materializer, kind: int) -> Any:
         if self.done is None:
             self.done = self._batches()
+        self.check(index)
         entry = self.entries[index]
         flat = self.done.pop(index, None)  # once: a reference of another kind gets arrays of its own
         if flat is None:
@@ -369,6 +381,8 @@ class _Coded:
         """Decodes ``members`` into ``done`` by one call, or leaves them all to the one-by-one path."""
         entries = self.entries
         try:
+            for i in members:
+                self.check(i)
             codec = build_codec(codec_id, entries[members[0]].stages[0][1], self.built)
             items = [
                 (

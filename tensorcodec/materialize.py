@@ -29,6 +29,7 @@ __all__ = [
     "KINDS",
     "CodedTensor",
     "converted",
+    "scalar_error",
     "Materializer",
     "MessageTensors",
     "kinds_of",
@@ -278,6 +279,8 @@ class MessageTensors:
 
     def tensor(self, index: int, sent_kind: int) -> Any:
         """The tensor of table entry ``index`` as the tree's reference of ``sent_kind`` asks for it."""
+        if sent_kind == SCALAR and self.entries[index].shape:
+            raise scalar_error(index, self.entries[index].shape)
         kind = self.kinds[sent_kind]
         views = self.views
         view = views[index] if views else None
@@ -357,7 +360,8 @@ def _routes(
         strided = make if imported and not copy else None
         sources = functools.partial(_torch_sources, views, entries, offsets, single, strided)
         by_kind[TORCH] = Route([None] * n, sources, convert)
-    return (None, *(by_kind.get(kinds[code]) for code in (NUMPY, TORCH, SCALAR)))
+    # A scalar reference always calls back, so that ``tensor`` checks that its entry is 0-d.
+    return (None, by_kind.get(kinds[NUMPY]), by_kind.get(kinds[TORCH]), None)
 
 
 def _lazy_views(views: list[Any], entries: list[Entry], offsets: list[int], single: Any) -> list[Any] | None:
@@ -452,6 +456,11 @@ def _frame_views(entries: list[Entry], offsets: list[int], rope: Rope, framework
         part = parts[k]
         views.append(ndarray(e.shape, e.dtype.numpy, part, local) if local + e.nbytes <= part.nbytes else None)
     return views
+
+
+def scalar_error(index: int, shape: tuple[int, ...]) -> DecodeError:
+    """A scalar reference (ext 3) names only a 0-d entry."""
+    return DecodeError(f"tree: scalar reference to tensor {index} of shape {list(shape)}; only a 0-d entry is a scalar")
 
 
 def converted(flat: np.ndarray[Any, Any], entry: Entry, make: Materializer, kind: int) -> Any:

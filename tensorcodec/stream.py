@@ -20,14 +20,14 @@ from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from .codecs import decode_segments
+from .codecs import check_coded, decode_segments
 from .core import encode_leaf
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
 from .leaves import NUMPY, SCALAR, TORCH, Leaf
-from .materialize import Framework, Materializer, kinds_of
+from .materialize import Framework, Materializer, kinds_of, scalar_error
 from .policy import Policy, Precision
-from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Entry, Limits, Segment
+from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Budget, Entry, Limits, Segment
 from .wire.stream import (
     DEFAULT_MAX_FRAME_BYTES,
     FRAME,
@@ -211,6 +211,7 @@ class StreamDecoder:
         self._segment_count = 0
         self._store: dict[int, Any] = {}
         self._rows: list[DType] = []
+        self._shapes: list[tuple[int, ...]] = []
         self._tree: Any = None
         # The tensor being received.
         self._index = 0
@@ -313,9 +314,21 @@ class StreamDecoder:
             self._end_record(fields)
             return
         rec = read_tensor_record(fields, len(self._rows), self._limits, self._segment_count, self._decoded, end)
+        entry = rec.entry
+        if entry.stages:  # checked before a buffer is allocated for its segments
+            budget = Budget(self._limits, end + sum(seg.nbytes for seg in rec.segments))
+            try:
+                budget.take(self._decoded + entry.nbytes, "decoded tensors")
+                check_coded(
+                    entry.stages, entry.segments, entry.dtype, entry.nbytes // entry.dtype.itemsize, None, budget
+                )
+            except DecodeError as e:  # say which tensor, keep the class
+                e.args = (f"tensor {rec.index}: {e}",)
+                raise
         self._decoded += rec.entry.nbytes
         self._segment_count += len(rec.segments)
         self._rows.append(rec.entry.dtype)
+        self._shapes.append(rec.entry.shape)
         self._index, self._name, self._entry, self._segments = rec.index, rec.name, rec.entry, rec.segments
         self._sums, self._algorithm = rec.checksums, rec.checksum
         self._seg = 0
@@ -329,6 +342,8 @@ class StreamDecoder:
         cache: dict[tuple[int, int], Any] = {}
 
         def tensor(index: int, sent_kind: int) -> Any:
+            if sent_kind == SCALAR and self._shapes[index]:
+                raise scalar_error(index, self._shapes[index])
             kind = self._kinds[sent_kind]
             value = cache.get((index, kind))
             if value is None:
@@ -360,13 +375,23 @@ class StreamDecoder:
                 self._segment_done(body[p : p + take])
                 self._next_segment(out)
                 return p + take
-            try:
-                self._buf = np.empty(seg.nbytes, dtype=np.uint8)
-            except MemoryError:
-                raise DecodeError(f"tensor {self._index}: cannot allocate {seg.nbytes} bytes") from None
-        memoryview(self._buf)[self._fill : self._fill + take] = body[p : p + take]
+            # Memory the stream has earned: the whole segment at once when its bytes are here or the
+            # stream so far is as long; else a buffer that grows with the bytes as they arrive.
+            if take == seg.nbytes or seg.nbytes <= self._base + p:
+                try:
+                    self._buf = np.empty(seg.nbytes, dtype=np.uint8)
+                except MemoryError:
+                    raise DecodeError(f"tensor {self._index}: cannot allocate {seg.nbytes} bytes") from None
+            else:
+                self._buf = bytearray()
+        if type(self._buf) is bytearray:
+            self._buf += body[p : p + take]
+        else:
+            memoryview(self._buf)[self._fill : self._fill + take] = body[p : p + take]
         self._fill += take
         if self._fill == seg.nbytes:
+            if type(self._buf) is bytearray:
+                self._buf = np.frombuffer(self._buf, dtype=np.uint8)
             self._segment_done(self._buf)
             self._next_segment(out)
         return p + take

@@ -239,12 +239,12 @@ def _segment(entry: list[Any], name: str) -> list[Any]:
 @pytest.mark.parametrize(
     ("precision", "mutate", "pattern"),
     [
-        ("nf4", lambda e: _segment(e, "absmax_scale").__setitem__(2, "int32"), "'absmax_scale' has dtype int32"),
+        ("nf4", lambda e: _segment(e, "absmax_scale").__setitem__(2, "int32"), "'absmax_scale' is meta int32"),
         ("nf4", lambda e: e[2][0][2].__setitem__("offset", 1), "parameter 'offset'"),
         ("nf4", lambda e: e[2][0][1].__setitem__("blocksize", 3), "bad config"),
         ("nf4", lambda e: e[2][0].__setitem__(0, "no.such.codec"), "unknown codec 'no.such.codec'"),
-        ("blockwise8", lambda e: _segment(e, "absmax").__setitem__(2, "int32"), "segment 'absmax' has dtype int32"),
-        ("fp8_e4m3", lambda e: _segment(e, "scale").__setitem__(2, "int32"), "segment 'scale' has dtype int32"),
+        ("blockwise8", lambda e: _segment(e, "absmax").__setitem__(2, "int32"), "segment 'absmax' is meta int32"),
+        ("fp8_e4m3", lambda e: _segment(e, "scale").__setitem__(2, "int32"), "segment 'scale' is meta int32"),
         ("nf4", lambda e: e.__setitem__(0, "int32"), "cannot produce dtype int32"),
     ],
 )

@@ -406,18 +406,34 @@ def _mutations() -> list[Any]:
         return go
 
     return [
-        pytest.param(fp8, seg(1, 2, "int32"), "segment 'scale' has dtype int32", id="segment-dtype"),
-        pytest.param(fp8, seg(0, 2, "int8"), "segment 'codes' has dtype int8", id="codes-dtype"),
-        pytest.param(fp8, resize(0, 299), "segment 'codes' has 299 elements", id="segment-short"),
-        pytest.param(fp8, resize(1, 2), "segment 'scale' has 2 elements", id="segment-long"),
+        pytest.param(
+            fp8, seg(1, 2, "int32"), "segment 'scale' is meta int32 .1., expected meta float32", id="segment-dtype"
+        ),
+        pytest.param(fp8, seg(0, 2, "int8"), "segment 'codes' is payload int8", id="codes-dtype"),
+        pytest.param(
+            fp8,
+            resize(0, 299),
+            "segment 'codes' is payload float8_e4m3fn .299., expected payload float8_e4m3fn .300.",
+            id="segment-short",
+        ),
+        pytest.param(
+            fp8, resize(1, 2), "segment 'scale' is meta float32 .2., expected meta float32 .1.", id="segment-long"
+        ),
         pytest.param(fp8, drop("scale"), "segment 'scale' is missing", id="missing-segment"),
         pytest.param(fp8, stage(1, {"format": "e9m9", "block": 0}), "bad config", id="config-value"),
         pytest.param(fp8, stage(1, {"format": "e4m3", "bogus": 1}), "bad config", id="config-key"),
         pytest.param(fp8, stage(1, {"format": "e4m3", "block": "7"}), "bad config", id="config-type"),
         pytest.param(mm, stage(1, {"bits": 99}), "bad config", id="minmax-bits"),
         pytest.param(mm, drop("codes"), "'codes' is missing", id="minmax-no-codes"),
-        pytest.param(mm, resize(0, 7), "segment 'range' has 7 elements", id="minmax-range-size"),
-        pytest.param(mm, resize(1, 10), "segment 'codes' has 10 elements", id="minmax-codes-size"),
+        pytest.param(
+            mm, resize(0, 7), "segment 'range' is meta float32 .7., expected meta float32 .2.", id="minmax-range-size"
+        ),
+        pytest.param(
+            mm,
+            resize(1, 10),
+            "segment 'codes' is payload uint8 .10., expected payload uint8 .300.",
+            id="minmax-codes-size",
+        ),
         pytest.param(
             fp8, both(stage(0, "blockwise8"), stage(1, {"blocksize": 3})), "bad config", id="blockwise8-config"
         ),
@@ -428,10 +444,15 @@ def _mutations() -> list[Any]:
         pytest.param(sign, stage(2, {"scale": math.nan}), "parameter 'scale'", id="param-nan"),
         pytest.param(sign, stage(2, {"scale": -1.0}), "parameter 'scale'", id="param-negative"),
         pytest.param(sign, stage(2, {"scale": True}), "parameter 'scale'", id="param-bool"),
-        pytest.param(sign, resize(0, 37), "segment 'signs' has 37 elements", id="example-segment-size"),
+        pytest.param(
+            sign,
+            resize(0, 37),
+            "segment 'signs' is payload uint8 .37., expected payload uint8 .38.",
+            id="example-segment-size",
+        ),
         pytest.param(fp8, stages([fp8_stage]), "cannot be followed", id="chain-not-array-to-array"),
         pytest.param(fp8, stages([cast] * 4), "stages exceed", id="chain-too-long"),
-        pytest.param(fp8, both(stages([cast]), seg(0, 0, "data")), "'data' is reserved", id="chain-data-reserved"),
+        pytest.param(fp8, both(stages([cast]), seg(0, 0, "data")), "uses no segment 'data'", id="chain-data-reserved"),
         pytest.param(fp8, both(stages([cast]), dtype("int32")), "cannot take dtype int32", id="chain-dtype"),
     ]
 

@@ -261,8 +261,14 @@ def test_floats_of_either_width_are_accepted() -> None:
 
 
 def test_big_int_payloads_decode_as_signed() -> None:
-    assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\xff"))) == -1
     assert unflat(pack(msgpack.ExtType(EXT_BIGINT, b"\x00" * 9 + b"\x01"))) == 2**72
+    assert unflat(pack(msgpack.ExtType(EXT_BIGINT, (-(2**63) - 1).to_bytes(9, "little", signed=True)))) == -(2**63) - 1
+
+
+@pytest.mark.parametrize("payload", [b"\xff", b"\x00" * 8 + b"\x01\x00", (2**64 - 1).to_bytes(9, "little")])
+def test_big_ints_that_a_msgpack_int_holds_or_not_shortest_are_refused(payload: bytes) -> None:
+    with pytest.raises(DecodeError, match="ext 5"):
+        unflat(pack(msgpack.ExtType(EXT_BIGINT, payload)))
 
 
 # -- the C walk (tensorcodec._fastwire.plain_walk) against the Python one -----------------------------------------

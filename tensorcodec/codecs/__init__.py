@@ -30,7 +30,16 @@ from .blockwise8 import Blockwise8
 from .quant4 import Quant4
 
 # isort: on
-from .chain import MAX_STAGES, BuiltCodecs, Quantized, build_codec, decode_batch, decode_segments, encode_chain
+from .chain import (
+    MAX_STAGES,
+    BuiltCodecs,
+    Quantized,
+    build_codec,
+    check_coded,
+    decode_batch,
+    decode_segments,
+    encode_chain,
+)
 from .precisions import PRECISIONS, precision_codec
 
 """The registry under its name from when the codecs were one module. Patching this name no longer swaps
@@ -60,6 +69,7 @@ __all__ = [
     "BuiltCodecs",
     "build_codec",
     "decode_segments",
+    "check_coded",
     "decode_batch",
     "encode_chain",
 ]

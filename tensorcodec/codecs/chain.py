@@ -153,6 +153,19 @@ def decode_segments(
     "data" (an array-to-array stage such as ``Cast``). ``built`` keeps the
     codecs rebuilt from the configs, to reuse for the next tensor.
     """
+    codecs, dts = _chain(stages, dtype, built)
+    if "data" in segments and len(codecs) > 1:
+        raise DecodeError("segment name 'data' is reserved between stages of a chain")
+    out = _run_decode(codecs[-1], segments, stages[-1][2], dts[-1], count)
+    for k in range(len(codecs) - 2, -1, -1):
+        out = _run_decode(codecs[k], {**segments, "data": out}, stages[k][2], dts[k], count)
+    return out
+
+
+def _chain(
+    stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...], dtype: DType, built: BuiltCodecs | None
+) -> tuple[list[Codec], list[DType]]:
+    """A tensor's codecs, rebuilt, and the dtype each stage decodes to; refuses chains that cannot run."""
     if len(stages) > MAX_STAGES:
         raise DecodeError(f"{len(stages)} stages exceed the limit of {MAX_STAGES}")
     codecs = [build_codec(cid, cfg, built) for cid, cfg, _ in stages]
@@ -164,12 +177,40 @@ def decode_segments(
         if nxt is None:
             raise DecodeError(f"codec {codec.codec_id!r} cannot be followed by another stage")
         dts.append(nxt)
-    if "data" in segments and len(codecs) > 1:
-        raise DecodeError("segment name 'data' is reserved between stages of a chain")
-    out = _run_decode(codecs[-1], segments, stages[-1][2], dts[-1], count)
-    for k in range(len(codecs) - 2, -1, -1):
-        out = _run_decode(codecs[k], {**segments, "data": out}, stages[k][2], dts[k], count)
-    return out
+    return codecs, dts
+
+
+def check_coded(
+    stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...],
+    segments: Sequence[Any],
+    dtype: DType,
+    count: int,
+    built: BuiltCodecs | None,
+    budget: Any,
+) -> None:
+    """The generic checks of an encoded tensor, before anything is decoded or allocated for it.
+
+    Each segment must be one that the last stage's ``segment_layout`` names, with its role, dtype and
+    exact shape (a segment it leaves out, as minmax does for a constant tensor, is the codec's to ask
+    for). The outputs of the stages before the final one (``Cast``'s float32 ahead of its target) are
+    counted against ``budget``; the final output is the entry's own size, counted with the message.
+    """
+    codecs, dts = _chain(stages, dtype, built)
+    layout = codecs[-1].segment_layout(dts[-1], count)
+    if layout is not None:
+        cid = codecs[-1].codec_id
+        for seg in segments:
+            stated = layout.get(seg.name)
+            if stated is None:
+                raise DecodeError(f"codec {cid!r} uses no segment {seg.name!r} (it uses {sorted(layout)})")
+            role, dt, shape = stated
+            if (seg.role, seg.dtype.name, list(seg.shape)) != (role, dt, list(shape)):
+                raise DecodeError(
+                    f"codec {cid!r}: segment {seg.name!r} is {seg.role} {seg.dtype.name} {list(seg.shape)}, "
+                    f"expected {role} {dt} {list(shape)} for {count} elements"
+                )
+    for stage_dtype in dts[1:]:
+        budget.take(count * stage_dtype.itemsize, f"codec {codecs[0].codec_id!r} intermediate {stage_dtype.name}")
 
 
 def encode_chain(codecs: list[Codec], x: np.ndarray[Any, Any]) -> tuple[list[list[Any]], Segments]:

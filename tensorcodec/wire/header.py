@@ -49,6 +49,10 @@ __all__ = [
     "DEFAULT_LIMITS",
     "NO_ROUTES",
     "packb",
+    "MAX_VALUE_DEPTH",
+    "read_msgpack",
+    "check_depth",
+    "Budget",
 ]
 
 MAGIC = b"TCDC"
@@ -150,6 +154,8 @@ class Header(NamedTuple):
     """Absolute start of every segment in the message."""
     checksum: str | None
     checksums: list[int]
+    budget: Budget
+    """The allocation gate of this message's decode, the decoded tensors already counted."""
 
 
 def pack_header(entries: list[list[Any]], tree: bytes, checksum: str | None, checksums: list[int]) -> bytes:
@@ -257,6 +263,72 @@ class Rope:
         return memoryview(out).toreadonly()
 
 
+MAX_VALUE_DEPTH = 16
+"""Deepest nesting of arrays and maps in a header or a stream record (the outermost map counts 1).
+
+A legitimate header nests 7 deep (header map, tensors, entry, stages, stage, config, flat array);
+the tree has its own limit, ``Limits.max_depth``.
+"""
+
+
+def check_depth(value: Any, max_depth: int, what: str) -> None:
+    """Refuses ``value`` if arrays and maps nest more than ``max_depth`` deep (an iterative walk: no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            raise DecodeError(f"{what}: arrays and maps nest deeper than {max_depth}")
+        for v in node.values() if type(node) is dict else node:
+            if type(v) is list or type(v) is dict:
+                stack.append((v, depth + 1))
+    return None
+
+
+def read_msgpack(data: Any, what: str, max_depth: int = MAX_VALUE_DEPTH, **options: Any) -> Any:
+    """The one bounded msgpack reader for values off the wire: depth-checked, every failure a DecodeError."""
+    try:
+        value = msgpack.unpackb(data, raw=False, strict_map_key=True, **options)
+    except DecodeError as e:
+        raise DecodeError(f"{what}: {e}") from None
+    except Exception as e:  # msgpack reports malformed input through many types
+        raise DecodeError(f"{what}: malformed msgpack ({type(e).__name__}: {e})") from None
+    if type(value) is list or type(value) is dict:
+        check_depth(value, max_depth, what)
+    return value
+
+
+class Budget:
+    """The one allocation gate of a decode: every allocation is counted here before it is made.
+
+    The cap is the message's size plus ``max_decoded_bytes`` (or its default), inclusive.
+    """
+
+    __slots__ = ("cap", "source", "used")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Budget) and (self.cap, self.used) == (other.cap, other.used)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, limits: Limits, message_bytes: int) -> None:
+        extra = limits.max_decoded_bytes
+        self.source = "message size + max_decoded_bytes"
+        if extra is None:
+            extra = EXPANSION_ALLOWANCE * message_bytes + (16 << 20)
+            self.source = "message size + 64 x message size + 16 MiB"
+        self.cap = message_bytes + extra
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        used = self.used + nbytes
+        if used > self.cap:
+            raise DecodeError(
+                f"{what}: decoding needs {used} bytes, over the cap of {self.cap} ({self.source}); "
+                "pass limits=Limits(max_decoded_bytes=...) to allow more"
+            )
+        self.used = used
+
+
 def _fail(msg: str) -> DecodeError:
     return DecodeError(msg)
 
@@ -288,6 +360,19 @@ def _dtype(name: Any, index: int, segment: str | None = None) -> DType:
     return row
 
 
+_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+def _flat(values: dict[Any, Any], index: int, what: str) -> None:
+    """Codec configs and params hold scalars and flat arrays of scalars only."""
+    for k, v in values.items():
+        if type(v) in _SCALARS:
+            continue
+        if type(v) is list and all(type(x) in _SCALARS for x in v):
+            continue
+        raise _fail(f"tensor {index}: {what} {k!r} must be a scalar or a flat array of scalars")
+
+
 def read_entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entry:
     """One validated table entry (``parse_message``'s check). Messages of many small encoded tensors spend much
     of their decode here, so the checks are plain comparisons and error messages are only built when raised."""
@@ -308,6 +393,8 @@ def read_entry(raw: Any, index: int, first_segment: int, limits: Limits) -> Entr
         codec_id, config, params = s
         if type(codec_id) is not str or type(config) is not dict or type(params) is not dict:
             raise _fail(f"tensor {index}: each stage must be [codec id, config map, params map]")
+        _flat(config, index, "config")
+        _flat(params, index, "params")
         stages.append((codec_id, config, params))
     if type(segments_raw) is not list or len(segments_raw) > limits.max_segments_per_tensor:
         raise _fail(f"tensor {index}: segments must be an array of at most {limits.max_segments_per_tensor}")
@@ -341,7 +428,7 @@ _FAST_ROWS = {row.name: (row, row.itemsize) for row in dtypes.DTYPES}
 def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
     d = dict(items)
     if len(d) != len(items):
-        raise _fail("header: duplicate key")
+        raise _fail("duplicate key")
     return d
 
 
@@ -350,12 +437,10 @@ def _fast_header(data: Any, max_array_len: int) -> Any:
     fast = _c.tree()
     if fast is None:
         return None
-    done = fast.unpack_tree(data, _HEADER_DEPTH, bytearray(), _no_reference, NO_ROUTES, max_array_len)
+    done = fast.unpack_tree(data, MAX_VALUE_DEPTH, bytearray(), _no_reference, NO_ROUTES, max_array_len)
     return None if done is None else done[0]
 
 
-_HEADER_DEPTH = 256
-"""Nesting the C decoder reads in a header (codec configs and parameters); msgpack reads deeper ones."""
 NO_ROUTES = (None, None, None, None)
 """``_fasttree.unpack_tree``'s routes where no tables are laid out: every reference calls back (see tree.Route)."""
 
@@ -389,20 +474,9 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
         raise ChecksumError("header", hcrc, computed)
     # The longest legitimate arrays: checksums (one per segment) and shapes.
     max_array_len = max(limits.max_tensors * max(limits.max_segments_per_tensor, 4), limits.max_ndim, 8)
-    body = _fast_header(header_bytes, max_array_len)
-    try:
-        if body is None:
-            body = msgpack.unpackb(
-                header_bytes,
-                raw=False,
-                strict_map_key=True,
-                object_pairs_hook=_header_map,
-                max_array_len=max_array_len,
-            )
-    except DecodeError:
-        raise
-    except Exception as e:
-        raise _fail(f"header: malformed msgpack ({type(e).__name__}: {e})") from None
+    body = _fast_header(header_bytes, max_array_len)  # bounded at MAX_VALUE_DEPTH as read_msgpack is
+    if body is None:
+        body = read_msgpack(header_bytes, "header", object_pairs_hook=_header_map, max_array_len=max_array_len)
     if type(body) is not dict:
         raise _fail("header: must be a msgpack map")
     unknown = set(body) - _HEADER_KEYS
@@ -473,7 +547,9 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
                     got = fn(rope.view(offsets[k], seg.nbytes))
                     if got != checksums[k]:
                         raise ChecksumError(f"tensor {i} segment {seg.name!r}", checksums[k], got)
-    return Header(entries, tree, offsets, checksum, checksums)
+    budget = Budget(limits, total)
+    budget.take(decoded, "decoded tensors")
+    return Header(entries, tree, offsets, checksum, checksums, budget)
 
 
 def copy_frames(frames: list[Any], dst: np.ndarray[Any, Any]) -> None:

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from ..errors import ChecksumError, DecodeError
-from .header import CHECKSUMS, EXPANSION_ALLOWANCE, Entry, Limits, Segment, parse_entry
+from .header import CHECKSUMS, EXPANSION_ALLOWANCE, Entry, Limits, Segment, parse_entry, read_msgpack
 
 __all__ = [
     "STREAM_MAGIC",
@@ -158,12 +158,7 @@ def _unique_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
 def read_record(data: Any, number: int) -> dict[Any, Any]:
     """Record ``number``'s msgpack map."""
     what = f"record {number}"
-    try:
-        fields = msgpack.unpackb(data, raw=False, strict_map_key=True, object_pairs_hook=_unique_map)
-    except DecodeError as e:
-        raise DecodeError(f"{what}: {e}") from None
-    except Exception as e:  # msgpack reports malformed input through many types
-        raise DecodeError(f"{what}: malformed msgpack ({type(e).__name__}: {e})") from None
+    fields = read_msgpack(data, what, object_pairs_hook=_unique_map)
     if type(fields) is not dict:
         raise DecodeError(f"{what}: must be a msgpack map")
     if "tree" not in fields and "entry" not in fields:
@@ -199,13 +194,15 @@ def read_tensor_record(
     name = fields.get("name")
     if name is not None and type(name) is not str:
         raise DecodeError(f"{what}: name must be a str")
+    if "entry" not in fields:
+        raise DecodeError(f"{what}: a tensor record needs an 'entry'")
     entry = parse_entry(fields["entry"], index, limits, first_segment)
     segments = entry.all_segments()
     sums: list[int] | None = None
     algorithm = ""
     if "checksum" in fields or "checksums" in fields:
         algorithm = fields.get("checksum")  # type: ignore[assignment]
-        if algorithm not in CHECKSUMS:
+        if type(algorithm) is not str or algorithm not in CHECKSUMS:
             raise DecodeError(f"{what}: unknown checksum algorithm {algorithm!r}; known: {sorted(CHECKSUMS)}")
         sums = fields.get("checksums")
         if type(sums) is not list or len(sums) != len(segments):

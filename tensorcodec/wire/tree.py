@@ -430,7 +430,13 @@ def _unpack_tree(
         if code == EXT_BIGINT:
             if not payload:
                 raise DecodeError("tree: empty big-int payload")
-            return int.from_bytes(payload, "little", signed=True)
+            value = int.from_bytes(payload, "little", signed=True)
+            if _INT64_MIN <= value <= _UINT64_MAX or len(payload) != (value.bit_length() + 8) // 8:
+                raise DecodeError(
+                    f"tree: big int {value} in {len(payload)} bytes: it must be outside the 64-bit range, in its "
+                    "shortest form (ext 5 is only for what a msgpack int cannot hold)"
+                )
+            return value
         if code == EXT_BYTEARRAY:
             return bytearray(payload)
         raise DecodeError(f"tree: unknown ext type code {code}")
