@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import zlib
 from typing import Any, NamedTuple
@@ -51,15 +52,15 @@ def pack(obj: Any) -> bytes:
     """msgpack bytes of ``obj`` (dict, Pairs, list, tuple, str, bytes, int, float, bool, None, ExtType, Raw).
 
     msgpack-python writes all but Raw and Pairs, which go in as placeholders replaced afterwards
-    (an 8-byte random tag each); what it refuses (huge ints, lone surrogates) takes the slow path.
+    (an ext value tagged with a random prefix); what it refuses (huge ints, lone surrogates) takes the slow path.
     """
-    subs: dict[bytes, bytes] = {}
+    subs: list[bytes] = []
+    prefix = os.urandom(4)
 
     def default(o: Any) -> Any:
         if isinstance(o, (Raw, Pairs)):
-            tag = os.urandom(8)
-            subs[tag] = bytes(o) if isinstance(o, Raw) else _slow(o)
-            return msgpack.ExtType(99, tag)
+            subs.append(bytes(o) if isinstance(o, Raw) else _slow(o))
+            return msgpack.ExtType(99, prefix + (len(subs) - 1).to_bytes(4, "little"))
         if isinstance(o, tuple):
             return list(o)
         if isinstance(o, (bytearray, memoryview)):
@@ -70,9 +71,12 @@ def pack(obj: Any) -> bytes:
         out: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=True, default=default)
     except (OverflowError, ValueError, TypeError):
         return _slow(obj)
-    for tag, data in subs.items():
-        out = out.replace(b"\xd7\x63" + tag, data)
-    return out
+    if not subs:
+        return out
+    parts = re.split(b"\xd7\x63" + re.escape(prefix) + b"(.{4})", out, flags=re.DOTALL)
+    for i in range(1, len(parts), 2):  # one pass: the odd parts are the placeholders' indices
+        parts[i] = subs[int.from_bytes(parts[i], "little")]
+    return b"".join(parts)
 
 
 def _slow(obj: Any) -> bytes:
