@@ -1,0 +1,81 @@
+"""The fuzzing corpus replayed through every entry point, and a short fuzzing campaign (issue 10).
+
+Each input runs in a worker process under an address-space limit (``fuzz.worker``), so a memory bomb
+or a crash fails its test instead of the suite. Run the long campaign by hand: ``python -m fuzz.run``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fuzz import pool, run
+from fuzz.targets import KINDS, targets_of
+
+CORPUS = run.CORPUS
+NATIVE = os.environ.get("TENSORCODEC_NATIVE", "1") != "0"
+
+# Inputs that escape today's main: the hardening of issue 10 is fixing them (build point 1).
+# Replayed as xfail(strict=False), so this suite passes before and after it merges; empty it then.
+KNOWN_ESCAPES: frozenset[str] = frozenset()
+
+# Kinds of finding that issue 10 lists as open (categories 1 to 4): a short campaign that meets one
+# xfails instead of failing. Anything else (a crash, a hang, another exception) fails.
+KNOWN_OPEN = ("exception RecursionError", "exception TypeError at wire/stream.py", "memory", "slow")
+
+
+def _files() -> list[Path]:
+    return sorted(p for kind in KINDS for p in (CORPUS / kind).glob("*.bin"))
+
+
+@pytest.fixture(scope="module")
+def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str, str, str]]]:
+    """Outcomes of every corpus file through every entry point of its kind: file name -> [(entry, category, detail)]."""
+    work = tmp_path_factory.mktemp("replay")
+    items = [(target, path) for path in _files() for target in targets_of(path.parent.name)]
+    listing = work / "items.txt"
+    listing.write_text("".join(f"{t}\t{p}\n" for t, p in items))
+    job = pool.Job("replay", list(run.TARGETS), NATIVE, len(items), "replay", files=listing)
+    pool.run_jobs([job], work, [CORPUS], workers=1)
+    results = pool.results(work, job)
+    out: dict[str, list[tuple[str, str, str]]] = {}
+    for number, (target, path) in enumerate(items):
+        category, detail = results.get(number, ("missing", "the worker gave no result"))
+        out.setdefault(path.name, []).append((target, category, detail))
+    return out
+
+
+def _cases() -> list[Any]:
+    marks = pytest.mark.xfail(strict=False, reason="issue 10 hardening")
+    return [pytest.param(p.name, id=p.stem, marks=marks if p.stem in KNOWN_ESCAPES else ()) for p in _files()]
+
+
+def test_corpus_is_named_by_content() -> None:
+    import hashlib
+
+    files = _files()
+    assert len(files) >= 40
+    for p in files:
+        assert hashlib.sha256(p.read_bytes()).hexdigest()[:16] == p.stem
+
+
+@pytest.mark.parametrize("name", _cases())
+def test_replay(replayed: dict[str, list[tuple[str, str, str]]], name: str) -> None:
+    bad = [(t, c, d) for t, c, d in replayed[name] if c != "ok"]
+    assert not bad, f"{name}: {bad}"
+
+
+def test_short_campaign(tmp_path: Path) -> None:
+    """A few thousand structure-aware and blind mutants through every entry point, in this process' mode."""
+    result = run.campaign(400, workers=2, modes=(NATIVE,), seed=1, work=tmp_path)
+    rows = result["rows"]
+    assert sorted(name.split()[0] for name in rows) == sorted(run.TARGETS)
+    assert all(row["inputs"] == 400 for row in rows.values()), run.report(result)
+    found = [f"{f['category']} {f['detail']}" for f in result["findings"]]
+    unknown = [f for f in found if not f.startswith(KNOWN_OPEN)]
+    assert not unknown, run.report(result)
+    if found:
+        pytest.xfail(f"issue 10 hardening: {len(found)} findings of known kinds\n{run.report(result)}")
