@@ -30,9 +30,12 @@ class DType:
     """Attribute of the ``torch`` module, or None where torch has no equivalent."""
     itemsize: int = field(init=False)
     """Bytes per element (a plain attribute: the decoder reads it for every tensor)."""
+    max_byte: int = field(init=False)
+    """The largest valid byte of a one-byte type whose values leave bits unused (bool: 1, int4: 15), else 255."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "itemsize", self.numpy.itemsize)
+        object.__setattr__(self, "max_byte", _MAX_BYTE.get(self.name, 255))
 
     @property
     def is_floating(self) -> bool:
@@ -41,6 +44,19 @@ class DType:
     @property
     def is_complex(self) -> bool:
         return self.name.startswith(("complex", "bcomplex"))
+
+
+_MAX_BYTE = {
+    "bool": 1,
+    "float6_e2m3fn": 63,
+    "float6_e3m2fn": 63,
+    "float4_e2m1fn": 15,
+    "int4": 15,
+    "uint4": 15,
+    "int2": 3,
+    "uint2": 3,
+}
+"""Types held one value per byte in its low bits: the bits above must be zero (docs/format.md, section 4)."""
 
 
 def _row(name: str, np_type: Any, torch_name: str | None = "") -> DType:

@@ -74,7 +74,7 @@ def encoded_leaf(encoded: Any, kind: int) -> Leaf:
 def array_leaf(arr: np.ndarray[Any, Any]) -> Leaf | None:
     """Leaf of a numpy array (or subclass) met in a tree, or None if its dtype cannot travel."""
     row = dtypes.BY_NUMPY.get(arr.dtype)
-    if row is not None and row.name in NUMPY_NATIVE and arr.flags.c_contiguous and LITTLE:
+    if row is not None and row.name in NUMPY_NATIVE and row.max_byte == 255 and arr.flags.c_contiguous and LITTLE:
         # The common case in a few attribute reads: a native-endian contiguous array, kept as it is.
         return new_leaf(NUMPY, row, arr.shape, arr if arr.size else EMPTY)
     return leaf_from_numpy(arr if type(arr) is np.ndarray else arr.view(np.ndarray))
@@ -83,7 +83,7 @@ def array_leaf(arr: np.ndarray[Any, Any]) -> Leaf | None:
 def tensor_leaf(t: Any) -> Leaf | None:
     """Leaf of a torch tensor met in a tree (as ``leaf_from_torch``, the common case cheaply)."""
     row = dtypes.from_torch(t.dtype)
-    if row is not None and row.name in NUMPY_NATIVE and LITTLE:
+    if row is not None and row.name in NUMPY_NATIVE and row.max_byte == 255 and LITTLE:
         try:
             arr = t.numpy()  # refuses grad, conj/neg bits and non-CPU tensors
         except (RuntimeError, TypeError):
@@ -115,8 +115,21 @@ def _raw_bytes(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, np.dtyp
     elif not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr)
     elif arr.dtype.kind != "V":  # ml_dtypes types have no buffer-protocol format
-        return np.frombuffer(arr, dtype=np.uint8)
-    return arr.reshape(-1).view(np.uint8)
+        return _canonical(np.frombuffer(arr, dtype=np.uint8), row)
+    return _canonical(arr.reshape(-1).view(np.uint8), row)
+
+
+def _canonical(data: np.ndarray[Any, np.dtype[np.uint8]], row: DType) -> np.ndarray[Any, np.dtype[np.uint8]]:
+    """The bytes of a one-byte type with unused bits as the format wants them (bool 0/1, high bits 0).
+
+    numpy reads any nonzero bool byte as True and ml_dtypes reads only the low bits of int4 & co.,
+    so an array made by reinterpreting bytes keeps its values and loses only the stray bits.
+    """
+    if row.max_byte == 255 or not data.size or int(data.max()) <= row.max_byte:
+        return data
+    if row.name == "bool":
+        return (data != 0).view(np.uint8)
+    return data & np.uint8(row.max_byte)
 
 
 def _to_little_endian(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:

@@ -21,7 +21,8 @@ from . import _c, dtypes
 from .dtypes import DType
 from .errors import DecodeError
 from .leaves import LITTLE, NUMPY, NUMPY_NATIVE, SCALAR, TORCH
-from .wire.header import Entry, Header, Rope
+from .wire.header import Entry, Header
+from .wire.rope import Rope
 from .wire.tree import NO_ROUTES, Route
 
 __all__ = [

@@ -27,7 +27,7 @@ from .errors import ChecksumError, DecodeError
 from .leaves import NUMPY, SCALAR, TORCH, Leaf
 from .materialize import Framework, Materializer, kinds_of, scalar_error
 from .policy import Policy, Precision
-from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Budget, Entry, Limits, Segment
+from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Budget, Entry, Limits, Segment, check_values
 from .wire.stream import (
     DEFAULT_MAX_FRAME_BYTES,
     FRAME,
@@ -61,7 +61,7 @@ __all__ = [
     "load",
 ]
 
-_READ_CHUNK = 64 << 20
+_READ_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -416,6 +416,7 @@ class StreamDecoder:
         assert entry is not None
         try:
             if not entry.stages:
+                check_values(memoryview(self._bufs[0]).cast("B")[: entry.nbytes], entry.dtype, self._index)
                 value: Any = self._make.numpy(entry.dtype, entry.shape, entry.nbytes, self._bufs[0], 0)
             else:
                 parts = {
@@ -518,7 +519,11 @@ def load(fp: BinaryIO, **decode_kw: Any) -> Any:
 
 
 def _read_frame(fp: BinaryIO, head: bytes, length: int, number: int) -> bytearray:
-    """The frame with its body, read in chunks so that a lying header costs no memory."""
+    """The frame with its body, grown with the bytes that arrive, so that a lying header costs no memory.
+
+    The buffer at most doubles what has been read (from 1 MiB), so a frame costs at most twice its
+    own bytes plus 1 MiB, and a long one a logarithmic number of regrowths.
+    """
     frame = bytearray(FRAME_HEADER_SIZE + min(length, _READ_CHUNK))
     frame[:FRAME_HEADER_SIZE] = head
     pos = FRAME_HEADER_SIZE
@@ -526,7 +531,7 @@ def _read_frame(fp: BinaryIO, head: bytes, length: int, number: int) -> bytearra
     readinto = getattr(fp, "readinto", None)
     while pos < end:
         if pos == len(frame):
-            frame.extend(bytes(min(end - pos, _READ_CHUNK)))
+            frame.extend(bytes(min(end - pos, max(_READ_CHUNK, pos))))
         if readinto is not None:
             got = readinto(memoryview(frame)[pos:]) or 0
         else:

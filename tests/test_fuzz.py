@@ -22,10 +22,6 @@ NATIVE = os.environ.get("TENSORCODEC_NATIVE", "1") != "0"
 # Replayed as xfail(strict=False), so this suite passes before and after it merges; empty it then.
 KNOWN_ESCAPES: frozenset[str] = frozenset()
 
-# Kinds of finding that issue 10 lists as open (categories 1 to 4): a short campaign that meets one
-# xfails instead of failing. Anything else (a crash, a hang, another exception) fails.
-KNOWN_OPEN = ("exception RecursionError", "exception TypeError at wire/stream.py", "memory", "slow")
-
 
 def _files() -> list[Path]:
     return sorted(p for kind in KINDS for p in (CORPUS / kind).glob("*.bin"))
@@ -74,8 +70,4 @@ def test_short_campaign(tmp_path: Path) -> None:
     rows = result["rows"]
     assert sorted(name.split()[0] for name in rows) == sorted(run.TARGETS)
     assert all(row["inputs"] == 400 for row in rows.values()), run.report(result)
-    found = [f"{f['category']} {f['detail']}" for f in result["findings"]]
-    unknown = [f for f in found if not f.startswith(KNOWN_OPEN)]
-    assert not unknown, run.report(result)
-    if found:
-        pytest.xfail(f"issue 10 hardening: {len(found)} findings of known kinds\n{run.report(result)}")
+    assert not result["findings"], run.report(result)

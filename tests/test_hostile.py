@@ -226,6 +226,37 @@ def test_a_big_int_that_fits_64_bits_is_refused() -> None:
     _refused(join_message(header, segments), "ext 5")
 
 
+@pytest.mark.parametrize(
+    ("dtype", "byte"), [("bool", 2), ("int4", 0x1F), ("uint2", 4), ("float4_e2m1fn", 0x10), ("float6_e3m2fn", 0x40)]
+)
+def test_stray_bits_in_a_one_byte_type_are_refused(dtype: str, byte: int) -> None:
+    """docs/format.md section 4: a bool byte is 0 or 1, the bits above a narrow type's width are 0."""
+    values = np.zeros(8, dtype=tc.dtypes.BY_NAME[dtype].numpy)
+    header, segments = _message({"w": values})
+    segments[0] = bytes([0] * 7 + [byte])
+    _refused(join_message(header, segments), f"a {dtype} byte is {byte:#04x}", header_only=False)
+    _stream_refused(_stream([({"index": 0, "entry": [dtype, [8]]}, [segments[0]])], ref(0), 1), "byte is")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "raw", "canonical"), [("bool", [0, 1, 2, 255], [0, 1, 1, 1]), ("int4", [0x1F, 0xF8, 7], [0x0F, 0x08, 7])]
+)
+def test_arrays_with_stray_bits_encode_to_their_values(dtype: str, raw: list[int], canonical: list[int]) -> None:
+    """An array made by reinterpreting bytes keeps its values; only the bits the format forbids go."""
+    row = tc.dtypes.BY_NAME[dtype]
+    x = np.array(raw, dtype=np.uint8).view(row.numpy)
+    before = x.view(np.uint8).copy()
+    for message in (tc.encode({"x": x}), b"".join(tc.encode_stream({"x": x}))):
+        out = tc.decode(message)["x"] if message[:4] == b"TCDC" else _load(message)["x"]
+        assert out.view(np.uint8).tolist() == canonical
+        assert out.tolist() == x.tolist()
+    assert x.view(np.uint8).tolist() == before.tolist()  # the caller's array is untouched
+
+
+def _load(data: bytes) -> Any:
+    return tc.load(io.BytesIO(data))
+
+
 def test_the_cli_refuses_a_hostile_message(tmp_path: Path) -> None:
     header, segments = _message({"w": np.arange(4096, dtype=np.float32)}, precision="fp8_e4m3")
     header["tensors"][0][1] = _deep()

@@ -16,24 +16,6 @@ from tests.vectors.make_vectors import HERE, code_tables, describe, files, frame
 
 VALID = sorted(p.stem for p in HERE.glob("*.json") if not p.stem.startswith("refuse_") and p.stem != "tables")
 REFUSED = sorted(p.stem for p in HERE.glob("refuse_*.json"))
-PENDING = {
-    "refuse_bool_byte",
-    "refuse_int4_high_bits",
-    "refuse_float4_high_bits",
-    "refuse_ext3_not_0d",
-    "refuse_ext5_in_range",
-    "refuse_ext5_long_form",
-    "refuse_header_depth",
-    "refuse_params_nested",
-    "refuse_segment_role",
-    "refuse_segment_shape",
-    "refuse_segment_unused",
-    "refuse_stream_checksum_type",
-    "refuse_config_float",
-    "refuse_config_bool_type",
-    "refuse_config_stochastic_int",
-}
-"""Refusals of the strict rules issue 10's hardening adds: expected to fail until it is merged."""
 
 
 def _vector(name: str) -> tuple[dict[str, Any], bytes]:
@@ -50,7 +32,6 @@ def _stream(data: bytes, limits: tc.Limits, copy: bool = True) -> Any:
 
 def test_vectors_exist() -> None:
     assert len(VALID) >= 60 and len(REFUSED) >= 60
-    assert set(REFUSED) >= PENDING
 
 
 @pytest.mark.parametrize("name", VALID)
@@ -82,10 +63,7 @@ def _refused(meta: dict[str, Any], data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=False, reason="issue 10 hardening")) if n in PENDING else n
-        for n in REFUSED
-    ],
+    REFUSED,
 )
 def test_refusal_vector_raises_decode_error(name: str) -> None:
     meta, data = _vector(name)

@@ -260,15 +260,24 @@ def rounding_factor(dtype: Any) -> float:
     return 2.0 if np.dtype(dtype).itemsize == 2 else 1.0
 
 
+def block_span(block: int, count: int) -> int:
+    """Elements in a full block of a ``count``-element tensor: ``block``, or ``count`` when one block holds it all.
+
+    A block size larger than the tensor (``block`` may be 2^24) must not size any buffer: the tensor
+    is then one block of ``count`` elements.
+    """
+    return block if 0 < block < count else count
+
+
 def per_element(values: np.ndarray[Any, Any], block: int, count: int) -> np.ndarray[Any, Any]:
     """One value per block (``block`` 0: one for the tensor) repeated for each of ``count`` elements."""
-    return np.repeat(values, block if block else max(count, 1))[:count]
+    return np.repeat(values, max(block_span(block, count), 1))[:count]
 
 
 def block_absmax(x: np.ndarray[Any, Any], block: int) -> np.ndarray[Any, Any]:
     """Per-block max |x| in float64 over finite values (0 for an all-non-finite or empty block)."""
     n = x.size
-    size = block if block else max(n, 1)
+    size = max(block_span(block, n), 1)
     nblocks = max(1, -(-n // size))
     padded = np.zeros(nblocks * size)
     padded[:n] = np.where(np.isfinite(x), np.abs(x), 0.0)

@@ -358,7 +358,7 @@ class Blockwise8(Codec):
     codec_id = "blockwise8"
 
     def __init__(self, blocksize: int = 4096) -> None:
-        if blocksize not in BLOCKSIZES:
+        if type(blocksize) is not int or blocksize not in BLOCKSIZES:
             raise ValueError(f"blockwise8 blocksize must be one of {BLOCKSIZES}, not {blocksize!r}")
         self.blocksize = blocksize
 

@@ -10,7 +10,18 @@ import numpy as np
 
 from .. import dtypes
 from ..dtypes import DType
-from .base import EPS32, SUB32, Codec, Encoded, float32, per_element, register_codec, restore, rounding_factor
+from .base import (
+    EPS32,
+    SUB32,
+    Codec,
+    Encoded,
+    block_span,
+    float32,
+    per_element,
+    register_codec,
+    restore,
+    rounding_factor,
+)
 
 
 @register_codec
@@ -77,7 +88,7 @@ class FP8(Codec):
         x32 = float32(x)
         n = x32.size
         nblocks = self._blocks(n)
-        size = n if self.block == 0 else self.block
+        size = block_span(self.block, n)
         padded = np.zeros(nblocks * size, dtype=np.float32)
         padded[:n] = x32
         blocks = padded.reshape(nblocks, size)
@@ -95,7 +106,7 @@ class FP8(Codec):
         codes = self.segment(segments, "codes", self._dtype.name, count)
         nblocks = self._blocks(count)
         scale = self.segment(segments, "scale", "float32", nblocks)
-        size = count if self.block == 0 else self.block
+        size = block_span(self.block, count)
         values = codes.astype(np.float32)
         if count:
             full = np.zeros(nblocks * size, dtype=np.float32)

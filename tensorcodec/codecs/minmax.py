@@ -16,6 +16,7 @@ from .base import (
     Codec,
     Encoded,
     Segments,
+    block_span,
     finite_range,
     float32,
     per_element,
@@ -50,7 +51,9 @@ class MinMax(Codec):
             raise ValueError(f"minmax seed must be an unsigned 64-bit integer, not {seed!r}")
         self.bits = bits
         self.block = block
-        self.stochastic = bool(stochastic)
+        if not isinstance(stochastic, bool):
+            raise TypeError(f"minmax stochastic must be True or False, not {stochastic!r}")
+        self.stochastic = stochastic
         self.seed = seed
         self._stream_hint = 0
 
@@ -96,7 +99,7 @@ class MinMax(Codec):
         x32 = float32(x)
         n = x32.size
         nblocks = self._blocks(n)
-        size = n if self.block == 0 else self.block
+        size = block_span(self.block, n)
         levels = (1 << self.bits) - 1
         if n == 0:
             lo = hi = np.zeros(1, np.float32)
@@ -136,7 +139,7 @@ class MinMax(Codec):
         self, segments: Mapping[str, np.ndarray[Any, Any]], params: Mapping[str, Any], dtype: DType, count: int
     ) -> np.ndarray[Any, Any]:
         nblocks = self._blocks(count)
-        size = count if self.block == 0 else self.block
+        size = block_span(self.block, count)
         ranges = self.segment(segments, "range", "float32", 2 * nblocks).reshape(nblocks, 2)
         lo, hi = ranges[:, 0], ranges[:, 1]
         if "codes" not in segments:

@@ -432,11 +432,13 @@ class Quant4(Codec):
     def __init__(self, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True) -> None:
         if quant_type not in ("nf4", "fp4"):
             raise ValueError(f"quant4 quant_type must be 'nf4' or 'fp4', not {quant_type!r}")
-        if blocksize not in BLOCKSIZES:
+        if type(blocksize) is not int or blocksize not in BLOCKSIZES:
             raise ValueError(f"quant4 blocksize must be one of {BLOCKSIZES}, not {blocksize!r}")
         self.quant_type = quant_type
         self.blocksize = blocksize
-        self.double_quant = bool(double_quant)
+        if not isinstance(double_quant, bool):
+            raise TypeError(f"quant4 double_quant must be True or False, not {double_quant!r}")
+        self.double_quant = double_quant
 
     def get_config(self) -> dict[str, Any]:
         return {"quant_type": self.quant_type, "blocksize": self.blocksize, "double_quant": self.double_quant}

@@ -27,10 +27,10 @@ from .header import (
     Entry,
     Header,
     Limits,
-    Rope,
     Segment,
     aligned,
     check_depth,
+    check_values,
     copy_frames,
     pack_header,
     packb,
@@ -39,6 +39,7 @@ from .header import (
     read_entry,
     read_msgpack,
 )
+from .rope import Rope
 
 __all__ = [
     "ALIGN",
@@ -58,6 +59,7 @@ __all__ = [
     "Rope",
     "Segment",
     "aligned",
+    "check_values",
     "check_depth",
     "copy_frames",
     "pack_header",

@@ -10,7 +10,6 @@ then does decode build a tensor.
 
 from __future__ import annotations
 
-import bisect
 import math
 import struct
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 from .. import _c, dtypes
 from ..dtypes import DType
 from ..errors import ChecksumError, DecodeError
+from .rope import Rope
 
 __all__ = [
     "MAGIC",
@@ -35,7 +35,6 @@ __all__ = [
     "Segment",
     "Entry",
     "Header",
-    "Rope",
     "CHECKSUMS",
     "pack_header",
     "parse_message",
@@ -53,6 +52,7 @@ __all__ = [
     "read_msgpack",
     "check_depth",
     "Budget",
+    "check_values",
 ]
 
 MAGIC = b"TCDC"
@@ -206,63 +206,6 @@ def _keep_packer(packer: Any, size: int) -> None:
         _PACKERS.packer = packer
 
 
-class Rope:
-    """A message given as one buffer or as a list of frames, read as one byte string.
-
-    ``view`` hands out a zero-copy view when the span lies inside one frame and
-    a joined copy when it straddles frames.
-    """
-
-    def __init__(self, data: Any) -> None:
-        if type(data) is bytes:  # the common case: already read-only bytes of format "B"
-            self.parts = [memoryview(data)]
-            self.starts = [0]
-            self.total = len(data)
-            return
-        parts = data if isinstance(data, (list, tuple)) else (data,)
-        try:
-            self.parts = [memoryview(p).cast("B").toreadonly() for p in parts]
-        except TypeError as e:
-            raise TypeError(f"decode() takes a bytes-like object or a list of them: {e}") from None
-        self.starts = []
-        total = 0
-        for p in self.parts:
-            self.starts.append(total)
-            total += p.nbytes
-        self.total = total
-
-    def locate(self, start: int, n: int) -> tuple[memoryview, int, int | None]:
-        """``(buffer, offset, part index)`` holding bytes ``[start, start + n)``.
-
-        The part index is None when the span straddles frames and was copied.
-        """
-        if len(self.parts) == 1:
-            return self.parts[0], start, 0
-        i = bisect.bisect_right(self.starts, start) - 1
-        local = start - self.starts[i]
-        if local + n <= self.parts[i].nbytes:
-            return self.parts[i], local, i
-        return self.view(start, n), 0, None
-
-    def view(self, start: int, n: int) -> memoryview:
-        """Bytes ``[start, start + n)``; the caller has checked the range."""
-        if len(self.parts) == 1:
-            return self.parts[0][start : start + n]
-        i = bisect.bisect_right(self.starts, start) - 1
-        local = start - self.starts[i]
-        part = self.parts[i]
-        if local + n <= part.nbytes:
-            return part[local : local + n]
-        out = bytearray(n)
-        pos = 0
-        while pos < n:
-            chunk = self.parts[i][local : local + n - pos]
-            out[pos : pos + len(chunk)] = chunk
-            pos += len(chunk)
-            i, local = i + 1, 0
-        return memoryview(out).toreadonly()
-
-
 MAX_VALUE_DEPTH = 16
 """Deepest nesting of arrays and maps in a header or a stream record (the outermost map counts 1).
 
@@ -327,6 +270,17 @@ class Budget:
                 "pass limits=Limits(max_decoded_bytes=...) to allow more"
             )
         self.used = used
+
+
+def check_values(data: Any, dtype: DType, index: int) -> None:
+    """Refuses bytes a one-byte type does not use: a bool other than 0/1, an int4 with high bits set."""
+    if dtype.max_byte != 255 and len(data):
+        top = int(np.frombuffer(data, dtype=np.uint8).max())
+        if top > dtype.max_byte:
+            raise _fail(
+                f"tensor {index}: a {dtype.name} byte is {top:#04x}, over {dtype.max_byte:#04x} "
+                "(bits above the type's width must be zero, docs/format.md section 4)"
+            )
 
 
 def _fail(msg: str) -> DecodeError:
@@ -547,6 +501,9 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
                     got = fn(rope.view(offsets[k], seg.nbytes))
                     if got != checksums[k]:
                         raise ChecksumError(f"tensor {i} segment {seg.name!r}", checksums[k], got)
+    for i, entry in enumerate(entries):
+        if entry.dtype.max_byte != 255 and entry.nbytes and not entry.stages:
+            check_values(rope.view(offsets[entry.first_segment], entry.nbytes), entry.dtype, i)
     budget = Budget(limits, total)
     budget.take(decoded, "decoded tensors")
     return Header(entries, tree, offsets, checksum, checksums, budget)

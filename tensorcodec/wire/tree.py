@@ -320,7 +320,8 @@ def walk_tables() -> WalkTables:
     global _TABLES
     torch = sys.modules.get("torch")
     if _TABLES is None or (torch is not None and not _TABLES.tensor_types):
-        numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in NUMPY_NATIVE}
+        # bool leaves take the Python walk, which makes stray bool bytes 0/1 (leaves._canonical).
+        numpy_rows = {row.numpy: row for row in dtypes.DTYPES if row.name in NUMPY_NATIVE and row.max_byte == 255}
         torch_rows: dict[Any, tuple[DType, int, bool]] = {}
         tensor_types: tuple[type, ...] = ()
         strided = None
@@ -328,7 +329,7 @@ def walk_tables() -> WalkTables:
             torch_rows = {
                 t: (row, row.itemsize, row.is_complex)
                 for t, row in dtypes.torch_table().items()
-                if row.name in NUMPY_NATIVE
+                if row.name in NUMPY_NATIVE and row.max_byte == 255
             }
             tensor_types = (torch.Tensor, torch.nn.Parameter)
             strided = torch.strided
