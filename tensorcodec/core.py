@@ -29,11 +29,11 @@ from .wire.header import (
     Budget,
     Entry,
     Limits,
-    Rope,
     copy_frames,
     pack_header,
     parse_message,
 )
+from .wire.rope import Rope
 from .wire.tree import flatten, unflatten
 
 __all__ = ["encode", "encode_frames", "encode_into", "decode", "encode_leaf", "WireTensor", "Framework"]

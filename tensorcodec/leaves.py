@@ -129,7 +129,8 @@ def _canonical(data: np.ndarray[Any, np.dtype[np.uint8]], row: DType) -> np.ndar
         return data
     if row.name == "bool":
         return (data != 0).view(np.uint8)
-    return data & np.uint8(row.max_byte)
+    masked: np.ndarray[Any, np.dtype[np.uint8]] = data & np.uint8(row.max_byte)
+    return masked
 
 
 def _to_little_endian(arr: np.ndarray[Any, Any], row: DType) -> np.ndarray[Any, Any]:
