@@ -128,7 +128,8 @@ def _canonical(data: np.ndarray[Any, np.dtype[np.uint8]], row: DType) -> np.ndar
     if row.max_byte == 255 or not data.size or int(data.max()) <= row.max_byte:
         return data
     if row.name == "bool":
-        return (data != 0).view(np.uint8)
+        truth: np.ndarray[Any, np.dtype[np.uint8]] = (data != 0).view(np.uint8)
+        return truth
     masked: np.ndarray[Any, np.dtype[np.uint8]] = data & np.uint8(row.max_byte)
     return masked
 
