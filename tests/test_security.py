@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sys
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import tensorcodec as tc
+from tensorcodec.accounting import inspect
 from tests.vectors.make_vectors import edit, join
 
 PAGE = Path(__file__).parents[1] / "docs" / "security.md"
@@ -88,3 +90,42 @@ def test_every_single_bit_flip_is_refused(algorithm: str) -> None:
     for flipped in _every_flip(message):
         with pytest.raises(tc.DecodeError):
             tc.decode(flipped)
+
+
+def _linear_cases(n: int) -> dict[str, bytes]:
+    """Headers that grow with n in the ways that once cost more than linear time."""
+    quantized = tc.Policy({"*": "nf4"}, min_elements=0)
+    return {
+        "empty maps": tc.encode([{}] * n),
+        "empty tensors": tc.encode([np.zeros(0, np.float32) for _ in range(n)]),
+        "quantized entries": tc.encode([np.full(3, i, np.float32) for i in range(n)], policy=quantized),
+        "shared references": tc.encode([np.ones(2, np.float32)] * n),
+    }
+
+
+def _calls(function: Any, message: bytes) -> int:
+    """Python and C calls made by function(message): a measure of work that no machine load perturbs."""
+    count = 0
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        nonlocal count
+        if event in ("call", "c_call"):
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        function(message)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+@pytest.mark.parametrize("name", list(_linear_cases(1)))
+@pytest.mark.parametrize("entry", ["decode", "inspect"])
+def test_header_validation_is_linear_in_its_bytes(name: str, entry: str) -> None:
+    """docs/security.md's linear-time promise, as work counted: 4x the header is at most ~4x the calls."""
+    function = {"decode": tc.decode, "inspect": inspect}[entry]
+    small, large = _linear_cases(250)[name], _linear_cases(1000)[name]
+    growth = _header_length(large) / _header_length(small)
+    assert 3.5 < growth < 4.5
+    assert _calls(function, large) <= 1.15 * growth * _calls(function, small)
