@@ -376,7 +376,8 @@ def parse_entry(raw: Any, index: int, limits: Limits = DEFAULT_LIMITS, first_seg
 
 _HEADER_KEYS = {"tensors", "tree", "checksum", "checksums"}
 
-_FAST_ROWS = {row.name: (row, row.itemsize) for row in dtypes.DTYPES}
+_FAST_ROWS = {row.name: (row, row.itemsize) for row in dtypes.DTYPES if row.max_byte == 255}
+"""The dtypes the C layout takes; the one-byte types with unused bits stay with Python, which checks their bytes."""
 
 
 def _header_map(items: list[tuple[Any, Any]]) -> dict[Any, Any]:
@@ -456,10 +457,14 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
     if fast is not None:
         # The C loop lays out the run of plain raw entries; this loop goes on from the first other one.
         entries, offsets, gaps, decoded, pos, done = fast.layout(raw_entries, _FAST_ROWS, Entry, pos, total, max_ndim)
+    narrow: list[int] = []
+    """The plain entries whose bytes must be checked for stray bits, once the layout is known."""
     for i in range(done, len(raw_entries)):
         entry = read_entry(raw_entries[i], i, len(offsets), limits)
         entries.append(entry)
         decoded += entry.nbytes
+        if entry.dtype.max_byte != 255 and entry.nbytes and not entry.stages:
+            narrow.append(i)
         for n in [seg.nbytes for seg in entry.segments] if entry.stages else (entry.nbytes,):
             start = (pos + ALIGN - 1) & -ALIGN if n else pos
             if start != pos:
@@ -501,9 +506,9 @@ def parse_message(rope: Rope, limits: Limits, verify: bool, check_padding: bool 
                     got = fn(rope.view(offsets[k], seg.nbytes))
                     if got != checksums[k]:
                         raise ChecksumError(f"tensor {i} segment {seg.name!r}", checksums[k], got)
-    for i, entry in enumerate(entries):
-        if entry.dtype.max_byte != 255 and entry.nbytes and not entry.stages:
-            check_values(rope.view(offsets[entry.first_segment], entry.nbytes), entry.dtype, i)
+    for i in narrow:
+        entry = entries[i]
+        check_values(rope.view(offsets[entry.first_segment], entry.nbytes), entry.dtype, i)
     budget = Budget(limits, total)
     budget.take(decoded, "decoded tensors")
     return Header(entries, tree, offsets, checksum, checksums, budget)
