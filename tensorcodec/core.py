@@ -15,7 +15,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import _c, dtypes
-from .codecs import BuiltCodecs, Codec, build_codec, check_coded, decode_batch, decode_segments, encode_chain
+from .codecs import (
+    BuiltCodecs,
+    Codec,
+    build_codec,
+    check_coded,
+    check_layout,
+    decode_batch,
+    decode_segments,
+    encode_chain,
+)
 from .dtypes import DType
 from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
 from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
@@ -381,9 +390,10 @@ class _Coded:
         """Decodes ``members`` into ``done`` by one call, or leaves them all to the one-by-one path."""
         entries = self.entries
         try:
-            for i in members:
-                self.check(i)
             codec = build_codec(codec_id, entries[members[0]].stages[0][1], self.built)
+            for i in members:  # one codec, config and dtype: check_coded less the chain it shares
+                check_layout(codec, dtype, entries[i].nbytes // dtype.itemsize, entries[i].segments)
+                self.checked.add(i)
             items = [
                 (
                     _segment_views(entries[i], self.offsets, self.rope),

@@ -36,6 +36,7 @@ from .chain import (
     Quantized,
     build_codec,
     check_coded,
+    check_layout,
     decode_batch,
     decode_segments,
     encode_chain,
@@ -70,6 +71,7 @@ __all__ = [
     "build_codec",
     "decode_segments",
     "check_coded",
+    "check_layout",
     "decode_batch",
     "encode_chain",
 ]

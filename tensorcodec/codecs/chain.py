@@ -180,6 +180,23 @@ def _chain(
     return codecs, dts
 
 
+def check_layout(codec: Codec, dtype: DType, count: int, segments: Sequence[Any]) -> None:
+    """Each segment must be one that ``codec.segment_layout`` names, with its role, dtype and exact shape."""
+    layout = codec.segment_layout(dtype, count)
+    if layout is None:
+        return
+    for seg in segments:
+        stated = layout.get(seg.name)
+        if stated is None:
+            raise DecodeError(f"codec {codec.codec_id!r} uses no segment {seg.name!r} (it uses {sorted(layout)})")
+        role, dt, shape = stated
+        if seg.role != role or seg.dtype.name != dt or list(seg.shape) != list(shape):
+            raise DecodeError(
+                f"codec {codec.codec_id!r}: segment {seg.name!r} is {seg.role} {seg.dtype.name} {list(seg.shape)}, "
+                f"expected {role} {dt} {list(shape)} for {count} elements"
+            )
+
+
 def check_coded(
     stages: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...],
     segments: Sequence[Any],
@@ -196,19 +213,7 @@ def check_coded(
     counted against ``budget``; the final output is the entry's own size, counted with the message.
     """
     codecs, dts = _chain(stages, dtype, built)
-    layout = codecs[-1].segment_layout(dts[-1], count)
-    if layout is not None:
-        cid = codecs[-1].codec_id
-        for seg in segments:
-            stated = layout.get(seg.name)
-            if stated is None:
-                raise DecodeError(f"codec {cid!r} uses no segment {seg.name!r} (it uses {sorted(layout)})")
-            role, dt, shape = stated
-            if (seg.role, seg.dtype.name, list(seg.shape)) != (role, dt, list(shape)):
-                raise DecodeError(
-                    f"codec {cid!r}: segment {seg.name!r} is {seg.role} {seg.dtype.name} {list(seg.shape)}, "
-                    f"expected {role} {dt} {list(shape)} for {count} elements"
-                )
+    check_layout(codecs[-1], dts[-1], count, segments)
     for stage_dtype in dts[1:]:
         budget.take(count * stage_dtype.itemsize, f"codec {codecs[0].codec_id!r} intermediate {stage_dtype.name}")
 
