@@ -1,7 +1,8 @@
 """The ``tensorcodec`` command line: report, encode, decode, inspect, demo.
 
 Errors end the program with exit status 1 and one line on stderr, never a
-traceback; ``--json`` / ``--csv`` print machine-readable output.
+traceback; every command takes ``--json`` (and the table commands ``--csv``) for
+machine-readable output and ``-q`` / ``--quiet`` for none.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _sizes(row: Any) -> list[int]:
 
 
 def _emit(args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str = "") -> None:
+    if args.quiet:
+        return
     if args.json:
         print(json.dumps([dict(zip(headers, r, strict=True)) for r in rows], indent=1, default=str))
     elif args.csv:
@@ -98,6 +101,13 @@ def _emit(args: argparse.Namespace, headers: Sequence[str], rows: Sequence[Seque
         if title:
             print(title)
         print(_table(headers, rows))
+
+
+def _say(args: argparse.Namespace, text: str, result: dict[str, Any]) -> None:
+    """A command's outcome: ``text`` for people, ``result`` as one JSON object (``--json``), or nothing (``-q``)."""
+    if args.quiet:
+        return
+    print(json.dumps(result, default=str) if args.json else text)
 
 
 def _load(path: str | None) -> tuple[dict[str, Any], str]:
@@ -156,7 +166,7 @@ def _report(args: argparse.Namespace) -> int:
         else label
     )
     _emit(args, headers, rows, title)
-    if args.nvflare and not (args.json or args.csv):
+    if args.nvflare and not (args.json or args.csv or args.quiet):
         print()
         nv_rows = []
         for p in ("fp32", "fp16", "bf16", "blockwise8", "nf4", "fp4"):
@@ -174,7 +184,9 @@ def _encode(args: argparse.Namespace) -> int:
     message = encode(model, policy=policy, checksum=None if args.checksum == "none" else args.checksum)
     Path(args.output).write_bytes(message)
     raw = inspect(message).original_bytes  # what was given, each tensor once per name; works for any tree
-    print(f"{args.output}: {len(message):,} bytes ({100 * len(message) / max(raw, 1):.2f} % of {raw:,} bytes given)")
+    share = 100 * len(message) / max(raw, 1)
+    text = f"{args.output}: {len(message):,} bytes ({share:.2f} % of {raw:,} bytes given)"
+    _say(args, text, {"output": args.output, "message_bytes": len(message), "given_bytes": raw, "percent": share})
     return 0
 
 
@@ -184,7 +196,11 @@ def _decode(args: argparse.Namespace) -> int:
         path: np.asarray(leaf) for path, leaf in named_leaves(tree, lambda n: isinstance(n, (np.ndarray, np.generic)))
     }
     write_safetensors(dict(sorted(flat.items())), args.output)
-    print(f"{args.output}: {len(flat)} tensors written as safetensors")
+    _say(
+        args,
+        f"{args.output}: {len(flat)} tensors written as safetensors",
+        {"output": args.output, "tensors": len(flat)},
+    )
     return 0
 
 
@@ -212,24 +228,54 @@ def _demo(args: argparse.Namespace) -> int:
         back[k].dtype == v.dtype and back[k].shape == v.shape and back[k].tobytes() == v.tobytes()
         for k, v in model.items()
     )
-    print(f"model      {label}: {len(model)} tensors, {raw:,} bytes of tensor data")
-    print(f"message    {len(message):,} bytes ({len(message) - raw:,} bytes of framing, xxh3_64 checksums)")
-    print(f"encode     {(t1 - t0) * 1e3:.1f} ms ({raw / (t1 - t0) / 1e9:.2f} GB/s)")
-    print(f"decode     {(t2 - t1) * 1e3:.2f} ms, zero-copy views, checksums verified")
-    print(f"round trip {'bit-exact' if same else 'MISMATCH'} for every tensor")
+    lines = [
+        f"model      {label}: {len(model)} tensors, {raw:,} bytes of tensor data",
+        f"message    {len(message):,} bytes ({len(message) - raw:,} bytes of framing, xxh3_64 checksums)",
+        f"encode     {(t1 - t0) * 1e3:.1f} ms ({raw / (t1 - t0) / 1e9:.2f} GB/s)",
+        f"decode     {(t2 - t1) * 1e3:.2f} ms, zero-copy views, checksums verified",
+        f"round trip {'bit-exact' if same else 'MISMATCH'} for every tensor",
+    ]
+    result = {
+        "model": label,
+        "tensors": len(model),
+        "tensor_bytes": raw,
+        "message_bytes": len(message),
+        "encode_seconds": t1 - t0,
+        "decode_seconds": t2 - t1,
+        "bit_exact": same,
+    }
+    _say(args, "\n".join(lines), result)
     return 0 if same else 1
 
 
+_EPILOG = """examples:
+  tensorcodec report                          every precision of the built-in MiniLM model
+  tensorcodec report model.safetensors --precision nf4 --json
+  tensorcodec encode model.safetensors model.tc --policy '{"*.weight": "nf4", "*": "bf16"}'
+  tensorcodec inspect model.tc --csv
+  tensorcodec decode model.tc back.safetensors --quiet
+
+exit status: 0 done; 1 an error (one line on stderr) or, for demo, a round trip that was not
+bit-exact; 2 a usage error; 130 interrupted."""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tensorcodec", description="Messages of tensors to compact bytes and back.")
+    parser = argparse.ArgumentParser(
+        prog="tensorcodec",
+        description="Messages of tensors to compact bytes and back.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"tensorcodec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = f"safetensors, torch checkpoint, .npz or tensorcodec message (default: the built-in {DEFAULT_MODEL})"
 
-    def output_flags(p: argparse.ArgumentParser) -> None:
+    def output_flags(p: argparse.ArgumentParser, tables: bool = True) -> None:
         group = p.add_mutually_exclusive_group()
         group.add_argument("--json", action="store_true", help="print JSON")
-        group.add_argument("--csv", action="store_true", help="print CSV")
+        if tables:
+            group.add_argument("--csv", action="store_true", help="print CSV")
+        group.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit status tells")
 
     p = sub.add_parser("report", help="size and quality of a model at every precision")
     p.add_argument("model", nargs="?", help=model_help)
@@ -248,11 +294,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", help='JSON (or a JSON file): {"*.weight": "nf4", "*norm*": null, "*": "bf16"}')
     p.add_argument("--min-elements", type=int, default=DEFAULT_MIN_ELEMENTS)
     p.add_argument("--checksum", default="xxh3_64", choices=["xxh3_64", "crc32c", "none"])
+    output_flags(p, tables=False)
     p.set_defaults(run=_encode)
 
     p = sub.add_parser("decode", help="decode a message into a safetensors file")
     p.add_argument("input")
     p.add_argument("output")
+    output_flags(p, tables=False)
     p.set_defaults(run=_decode)
 
     p = sub.add_parser("inspect", help="the header of a message, without decoding its payload")
@@ -262,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="encode and decode a model losslessly, report what happened")
     p.add_argument("model", nargs="?", help=model_help)
+    output_flags(p, tables=False)
     p.set_defaults(run=_demo)
     return parser
 

@@ -255,3 +255,30 @@ def test_bad_input(capsys: pytest.CaptureFixture[str], model_file: Path, tmp_pat
         err = _one_line_error(capsys, *argv)
         assert expected in err, (argv, err)
     assert not (tmp_path / "x.tc").exists()
+
+
+def test_every_command_speaks_json_or_keeps_quiet(
+    capsys: pytest.CaptureFixture[str], model_file: Path, tmp_path: Path
+) -> None:
+    message, back = tmp_path / "m.tc", tmp_path / "back.safetensors"
+    code, out, _ = run(capsys, "encode", model_file, message, "--precision", "nf4", "--json")
+    encoded = json.loads(out)
+    assert code == 0 and encoded["message_bytes"] == message.stat().st_size and encoded["output"] == str(message)
+    code, out, _ = run(capsys, "decode", message, back, "--json")
+    assert code == 0 and json.loads(out) == {"output": str(back), "tensors": len(small_model())}
+    for argv in (
+        ["encode", model_file, message, "-q"],
+        ["decode", message, back, "--quiet"],
+        ["inspect", message, "-q"],
+        ["report", model_file, "--precision", "bf16", "--no-quality", "-q"],
+    ):
+        assert run(capsys, *argv) == (0, "", "")
+    code, out, _ = run(capsys, "demo", model_file, "--json")
+    assert code == 0 and json.loads(out)["bit_exact"] is True
+
+
+def test_help_shows_examples_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and "examples:" in out and "exit status:" in out and "tensorcodec encode" in out
