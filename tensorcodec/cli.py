@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .accounting import MIB, Report, inspect, nvflare_view, report
+from .charts import size_chart
 from .core import decode, encode
 from .errors import DecodeError
 from .models import DEFAULT_MODEL, default_model_path, load_model, write_safetensors
@@ -166,6 +167,8 @@ def _report(args: argparse.Namespace) -> int:
         else label
     )
     _emit(args, headers, rows, title)
+    if args.plot:
+        size_chart([(p, rep) for p, rep, _ in results], args.plot, f"{label.split(' (')[0]}: message size by precision")
     if args.nvflare and not (args.json or args.csv or args.quiet):
         print()
         nv_rows = []
@@ -251,6 +254,7 @@ def _demo(args: argparse.Namespace) -> int:
 _EPILOG = """examples:
   tensorcodec report                          every precision of the built-in MiniLM model
   tensorcodec report model.safetensors --precision nf4 --json
+  tensorcodec report --no-quality --plot sizes.png
   tensorcodec encode model.safetensors model.tc --policy '{"*.weight": "nf4", "*": "bf16"}'
   tensorcodec inspect model.tc --csv
   tensorcodec decode model.tc back.safetensors --quiet
@@ -284,6 +288,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-quality", action="store_true", help="skip the error columns (faster)")
     p.add_argument("--per-tensor", action="store_true", help="one row per tensor (for the last precision)")
     p.add_argument("--nvflare", action="store_true", help="also print the NVFlare-compatible size view")
+    p.add_argument("--plot", metavar="FILE", help="also draw the sizes as stacked bars (.png, .svg; needs matplotlib)")
     output_flags(p)
     p.set_defaults(run=_report)
 

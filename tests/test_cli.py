@@ -282,3 +282,28 @@ def test_help_shows_examples_and_exit_codes(capsys: pytest.CaptureFixture[str]) 
         main(["--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "examples:" in out and "exit status:" in out and "tensorcodec encode" in out
+
+
+def test_report_plot_writes_a_picture(capsys: pytest.CaptureFixture[str], model_file: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    png, svg = tmp_path / "sizes.png", tmp_path / "sizes.svg"
+    assert (
+        run(
+            capsys,
+            "report",
+            model_file,
+            "--no-quality",
+            "--precision",
+            "fp32",
+            "--precision",
+            "nf4",
+            "--plot",
+            png,
+            "-q",
+        )[0]
+        == 0
+    )
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert run(capsys, "report", model_file, "--no-quality", "--precision", "bf16", "--plot", svg, "-q")[0] == 0
+    text = svg.read_text()
+    assert "<svg" in text and "bf16" in text
