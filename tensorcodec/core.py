@@ -10,6 +10,7 @@ layout, padding, checksums) before any tensor is built, then unpack the tree, wh
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -74,6 +75,17 @@ def _plan(
     return _planned(rules, tree, leaves, names, devices, checksum)
 
 
+def _warn_unmatched(rules: Policy, names: list[str]) -> None:
+    patterns = [pattern for pattern, _ in rules.rules]
+    examples = ", ".join(repr(n) for n in names[:3])
+    warnings.warn(
+        f"the policy's patterns {patterns} match no tensor, so every tensor is sent losslessly; "
+        f"names are dotted paths such as {examples}: write '*.bias', '*norm*' or '*'",
+        UserWarning,
+        stacklevel=6,
+    )
+
+
 def _planned(
     rules: Policy | None,
     tree: bytes,
@@ -91,6 +103,8 @@ def _planned(
                 small = leaf.data.nbytes <= _BATCH_MAX_ELEMENTS * leaf.dtype.itemsize
                 if chain is not None and len(chain) == 1 and i not in devices and small:
                     batches.setdefault(id(chain[0]), []).append(i)
+        if leaves and all(c is None for c in chains) and not any(rules.matches(n) for n in names):
+            _warn_unmatched(rules, names)
     entries: list[list[Any]] = []
     segments: list[Any] = []
     if rules is None and all(leaf.encoded is None for leaf in leaves):  # all raw: the hot path

@@ -69,6 +69,10 @@ class Policy:
             return cls({"*": precision})
         return None
 
+    def matches(self, name: str) -> bool:
+        """Whether any of the rules' patterns matches the dotted tensor name."""
+        return self._catch_all or any(pattern.match(name) for pattern, _ in self._compiled)
+
     def choose(self, name: str, dtype: DType, count: int) -> list[Codec] | None:
         """The codec chain for one tensor, or None to send it losslessly."""
         if self._catch_all:

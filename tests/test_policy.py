@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from typing import Any
 
@@ -260,3 +261,15 @@ def test_names_are_built_only_when_read() -> None:
     tree = {"layer": [np.ones(64, np.float32), bad]}
     with pytest.raises(ValueError, match=r"layer\.1"):
         tc.encode(tree, policy=Policy({"*": SignScale()}, min_elements=0))
+
+
+def test_a_policy_that_matches_no_tensor_says_how_names_look() -> None:
+    tree = {"w": np.ones(8192, np.float32), "layer": {"b": np.ones(8192, np.float32)}}
+    with pytest.warns(UserWarning, match=r"match no tensor.*'w', 'layer\.b'.*'\*\.bias'") as caught:
+        message = tc.encode(tree, policy={"bias": "nf4"})
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert tc.decode(message)["layer"]["b"].tobytes() == tree["layer"]["b"].tobytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tc.encode(tree, policy={"*.b": "nf4"})
+        tc.encode({"w": np.ones(10, np.float32)}, policy={"w": "nf4"})  # matched, only too small
