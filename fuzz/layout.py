@@ -9,7 +9,6 @@ to write: duplicate keys (``Pairs``), nesting past its 512 levels and arbitrary 
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import struct
@@ -136,10 +135,14 @@ def nbytes(dtype: Any, shape: Any) -> int:
     """Bytes a segment of this dtype and shape declares; 0 where it says nothing sensible."""
     if not isinstance(dtype, str) or dtype not in ITEMSIZE or not isinstance(shape, list):
         return 0
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        return 0
-    n = ITEMSIZE[dtype] * math.prod(shape)
-    return n if n <= 1 << 24 else 0  # larger would not fit the message anyway
+    n = ITEMSIZE[dtype]
+    for d in shape:  # stops at the first bad or too large dimension: mutants carry huge ints and long shapes
+        if not isinstance(d, int) or isinstance(d, bool) or d < 0:
+            return 0
+        n *= d
+        if n > 1 << 24:
+            return 0  # larger would not fit the message anyway
+    return n
 
 
 def segment_sizes(entry: Any) -> list[int]:

@@ -71,3 +71,28 @@ def test_short_campaign(tmp_path: Path) -> None:
     assert sorted(name.split()[0] for name in rows) == sorted(run.TARGETS)
     assert all(row["inputs"] == 400 for row in rows.values()), run.report(result)
     assert not result["findings"], run.report(result)
+
+
+class _CountedShape(list[Any]):
+    """A shape that counts the dimensions read from it."""
+
+    read = 0
+
+    def __iter__(self) -> Any:
+        for d in super().__iter__():
+            self.read += 1
+            yield d
+
+
+def test_mutator_sizes_stop_at_the_first_oversized_dimension() -> None:
+    # Campaign 4 (seed 31) reported two inspect "hangs" that were the mutator: a mutant shape of a
+    # million huge ints made math.prod take seconds per input. The size reader must stop at the cap.
+    from fuzz import layout
+
+    shape = _CountedShape([1 << 25, *range(1, 1000)])
+    assert layout.nbytes("float32", shape) == 0
+    assert shape.read == 1
+    assert layout.nbytes("float32", [2, 3, 4]) == 96
+    assert layout.nbytes("float32", [0, 1 << 60]) == 0
+    assert layout.nbytes("float32", [3, -1]) == 0
+    assert layout.nbytes("float32", [True]) == 0
