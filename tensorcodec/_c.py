@@ -71,6 +71,15 @@ def set_native(enabled: bool) -> None:
 
     The default is on when the extensions were built, unless ``TENSORCODEC_NATIVE=0`` was set at
     import. Asking for C where none was built raises RuntimeError, naming the fix.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> was = tc.native_enabled()
+        >>> tc.set_native(False)
+        >>> pure = tc.encode({"w": np.ones(4096, np.float32)}, precision="nf4")
+        >>> tc.set_native(was)
+        >>> pure == tc.encode({"w": np.ones(4096, np.float32)}, precision="nf4")
+        True
     """
     global _enabled
     if enabled:
@@ -87,7 +96,13 @@ def set_native(enabled: bool) -> None:
 
 
 def native_enabled() -> bool:
-    """Whether the C paths are in use (see :func:`set_native`)."""
+    """Whether the C paths are in use (see :func:`set_native`).
+
+    Examples:
+        >>> import tensorcodec as tc
+        >>> isinstance(tc.native_enabled(), bool)
+        True
+    """
     return _enabled
 
 

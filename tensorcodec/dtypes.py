@@ -20,7 +20,14 @@ __all__ = ["DType", "DTYPES", "by_name", "from_numpy", "from_torch", "torch_dtyp
 
 @dataclass(frozen=True, eq=False)
 class DType:
-    """One row of the table; rows are singletons, compared and hashed by identity."""
+    """One row of the table; rows are singletons, compared and hashed by identity.
+
+    Examples:
+        >>> import tensorcodec as tc
+        >>> row = next(row for row in tc.DTYPES if row.name == "bfloat16")
+        >>> row.itemsize, row.is_floating, row.torch_name
+        (2, True, 'bfloat16')
+    """
 
     name: str
     """Wire name, e.g. ``"bfloat16"``."""

@@ -33,6 +33,17 @@ class Policy:
     ``Policy({"*.weight": "nf4", "*norm*": None, "*": "bf16"})`` sends every
     weight in nf4, norms losslessly and the rest in bf16. ``min_elements``
     keeps small tensors lossless (set 0 to quantize everything).
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> policy = tc.Policy({"*.weight": "nf4", "*": None}, min_elements=0)
+        >>> float32 = next(row for row in tc.DTYPES if row.name == "float32")
+        >>> policy.choose("fc.weight", float32, 64), policy.choose("fc.bias", float32, 64)
+        ([Quant4(quant_type='nf4', blocksize=64, double_quant=True)], None)
+        >>> layer = {"fc.weight": np.ones(64, np.float32), "fc.bias": np.ones(2, np.float32)}
+        >>> out = tc.decode(tc.encode(layer, policy=policy))
+        >>> out["fc.bias"]
+        array([1., 1.], dtype=float32)
     """
 
     def __init__(self, rules: Mapping[str, Precision] | None = None, *, min_elements: int = DEFAULT_MIN_ELEMENTS):

@@ -87,6 +87,14 @@ def encode_stream(
     unchanged until the iterator is exhausted. ``names`` puts each tensor's
     dotted path in its record, for receivers that use tensors as they arrive.
     ``stream_id`` (a random u64 by default) tags every frame of the stream.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> frames = list(tc.encode_stream({"w": np.zeros(10_000, np.float32)}, max_frame_bytes=4096))
+        >>> len(frames) > 1 and max(len(f) for f in frames) <= 4096
+        True
+        >>> tc.decode_stream(frames)["w"].shape
+        (10000,)
     """
     if not MIN_FRAME_BYTES <= max_frame_bytes <= MAX_FRAME_BYTES:
         raise ValueError(f"max_frame_bytes must be in [{MIN_FRAME_BYTES}, {MAX_FRAME_BYTES}], not {max_frame_bytes}")
@@ -145,6 +153,14 @@ def dump(obj: Any, fp: BinaryIO, **encode_kw: Any) -> int:
 
     Takes the keyword arguments of ``encode_stream``; memory stays at about one
     frame, whatever the size of the model.
+
+    Examples:
+        >>> import io, numpy as np, tensorcodec as tc
+        >>> file = io.BytesIO()
+        >>> written = tc.dump({"w": np.arange(3.0)}, file, precision="bf16")
+        >>> _ = file.seek(0)
+        >>> tc.load(file)["w"]
+        array([0., 1., 2.])
     """
     written = 0
     for frame in encode_stream(obj, **encode_kw):
@@ -157,7 +173,14 @@ def dump(obj: Any, fp: BinaryIO, **encode_kw: Any) -> int:
 
 
 class StreamTensor(NamedTuple):
-    """A tensor that a stream completed, before the tree that places it has arrived."""
+    """A tensor that a stream completed, before the tree that places it has arrived.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> [t] = tc.StreamDecoder().feed(b"".join(tc.encode_stream({"w": np.ones(2)}, names=True)))
+        >>> t.index, t.name, t.tensor
+        (0, 'w', array([1., 1.]))
+    """
 
     index: int  # type: ignore[assignment]  # shadows tuple.index: the name the format uses
     """Its position in the tensor table (the tree's reference)."""
@@ -181,6 +204,17 @@ class StreamDecoder:
     ``framework="torch"``: the tree, which says how the sender held each one,
     comes last. A frame that is out of place, damaged or malformed raises
     DecodeError, and so does every later call.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> decoder = tc.StreamDecoder()
+        >>> for frame in tc.encode_stream({"a": np.ones(2), "b": np.zeros(2)}):
+        ...     for done in decoder.feed(frame):
+        ...         print(done.index, done.tensor)
+        0 [1. 1.]
+        1 [0. 0.]
+        >>> decoder.result()
+        {'a': array([1., 1.]), 'b': array([0., 0.])}
     """
 
     def __init__(
@@ -476,6 +510,14 @@ def decode_stream(
     ``on_tensor`` is called with every tensor as soon as its last byte has
     arrived (see ``StreamDecoder``). Raises DecodeError for a malformed,
     damaged, reordered, interleaved or incomplete stream, or frames past its end.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> frames = tc.encode_stream({"a": np.ones(3), "b": [np.zeros(2)]}, names=True)
+        >>> arrived = []
+        >>> tree = tc.decode_stream(frames, on_tensor=lambda t: arrived.append(t.name))
+        >>> arrived, tree["b"][0]
+        (['a', 'b.0'], array([0., 0.]))
     """
     decoder = StreamDecoder(copy=copy, framework=framework, device=device, verify=verify, limits=limits)
     for frame in frames:
@@ -493,6 +535,14 @@ def load(fp: BinaryIO, **decode_kw: Any) -> Any:
     last frame, so several streams can follow each other in one file. Reads
     only what the file holds: a frame header announcing more bytes than follow
     raises DecodeError, without allocating what it announced.
+
+    Examples:
+        >>> import io, numpy as np, tensorcodec as tc
+        >>> file = io.BytesIO()
+        >>> _ = tc.dump({"first": 1}, file), tc.dump({"second": 2}, file)
+        >>> _ = file.seek(0)
+        >>> tc.load(file), tc.load(file)
+        ({'first': 1}, {'second': 2})
     """
     on_tensor = decode_kw.pop("on_tensor", None)
     decoder = StreamDecoder(**decode_kw)

@@ -35,7 +35,19 @@ DecodeItem = tuple[Mapping[str, np.ndarray[Any, Any]], Mapping[str, Any], int]
 
 
 class Encoded:
-    """What ``Codec.encode`` returns: named segments and JSON-able per-tensor params."""
+    """What ``Codec.encode`` returns: named segments and JSON-able per-tensor params.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> encoded = tc.Quant4("nf4").encode(np.ones(128, np.float32))
+        >>> for name, (role, array) in encoded.segments.items():
+        ...     print(name, role, array.dtype, array.shape)
+        codes payload uint8 (64,)
+        absmax_codes meta uint8 (2,)
+        absmax_scale meta float32 (1,)
+        >>> encoded.params
+        {'offset': 1.0}
+    """
 
     __slots__ = ("params", "segments")
 
@@ -53,6 +65,16 @@ class Codec:
     ``sources``; ``decode`` must return a flat array of exactly ``dtype`` and
     ``count`` elements and must validate every segment it reads (use
     ``Codec.segment``), since segments come from the wire.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> codec = tc.MinMax(8)
+        >>> x = np.linspace(-1, 1, 5, dtype=np.float32)
+        >>> encoded = codec.encode(x)
+        >>> segments = {name: array for name, (role, array) in encoded.segments.items()}
+        >>> y = codec.decode(segments, encoded.params, next(row for row in tc.DTYPES if row.name == "float32"), x.size)
+        >>> bool(np.all(np.abs(x - y) <= codec.error_bound(x, encoded)))
+        True
     """
 
     codec_id: ClassVar[str] = ""
@@ -178,7 +200,23 @@ _INSTALL_HINTS: dict[str, str] = {}
 
 
 def register_codec(cls: type[Codec], *, replace: bool = False) -> type[Codec]:
-    """Add a codec class to the registry (usable as a class decorator)."""
+    """Add a codec class to the registry (usable as a class decorator).
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> @tc.register_codec
+        ... class Negate(tc.Codec):  # a toy: lossless, its own inverse
+        ...     codec_id = "example.negate"
+        ...     lossless = True
+        ...     def encode(self, x):
+        ...         return tc.Encoded({"data": ("payload", -x)})
+        ...     def decode(self, segments, params, dtype, count):
+        ...         return -self.segment(segments, "data", dtype.name, count)
+        >>> tc.get_codec("example.negate") is Negate
+        True
+        >>> tc.decode(tc.encode({"w": np.arange(3.0)}, precision=Negate(), policy=None))["w"]
+        array([0., 1., 2.])
+    """
     if not (isinstance(cls, type) and issubclass(cls, Codec)) or not cls.codec_id:
         raise TypeError(f"{cls!r} is not a Codec subclass with a codec_id")
     current = REGISTRY.get(cls.codec_id)
@@ -210,7 +248,17 @@ def _load_entry_points() -> None:
 
 
 def get_codec(codec_id: str) -> type[Codec]:
-    """The registered class for ``codec_id``; raises UnknownCodecError naming what to install."""
+    """The registered class for ``codec_id``; raises UnknownCodecError naming what to install.
+
+    Examples:
+        >>> import tensorcodec as tc
+        >>> tc.get_codec("quant4") is tc.Quant4
+        True
+        >>> tc.get_codec("no.such.codec")
+        Traceback (most recent call last):
+            ...
+        tensorcodec.errors.UnknownCodecError: ...
+    """
     cls = REGISTRY.get(codec_id)
     if cls is None:
         _load_entry_points()
@@ -221,6 +269,13 @@ def get_codec(codec_id: str) -> type[Codec]:
 
 
 def registered_codecs() -> dict[str, type[Codec]]:
+    """Every registered codec by id, in registration order, with the ones of installed entry points.
+
+    Examples:
+        >>> import tensorcodec as tc
+        >>> list(tc.registered_codecs())[:5]
+        ['cast', 'fp8', 'minmax', 'blockwise8', 'quant4']
+    """
     _load_entry_points()
     return dict(REGISTRY)
 

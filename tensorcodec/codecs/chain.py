@@ -29,6 +29,17 @@ class Quantized:
     Placed in a tree, it is sent as it is — no second quantization — and the
     receiver gets the dequantized tensor in ``framework``. ``dequantize()``
     decodes it locally. Segments are validated exactly as on the wire.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> codec = tc.MinMax(8)
+        >>> encoded = codec.encode(np.linspace(0, 1, 16, dtype=np.float32))
+        >>> stages = [(codec.codec_id, codec.get_config(), encoded.params)]
+        >>> q = tc.Quantized("float32", (4, 4), stages, encoded.segments)
+        >>> tc.decode(tc.encode({"w": q}))["w"].shape
+        (4, 4)
+        >>> bool(np.array_equal(tc.decode(tc.encode({"w": q}))["w"], q.dequantize()))
+        True
     """
 
     def __init__(

@@ -38,6 +38,13 @@ class MinMax(Codec):
     reproducible: uniform noise from a Philox generator keyed by ``seed`` and the
     tensor's ``stream`` id. Refused with ValueError: NaN/Inf inputs (float64 values beyond the fp32
     range count as Inf) and ranges whose max - min overflows fp32 (beyond 3.4e38).
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> x = np.linspace(0, 1, 4096, dtype=np.float32)
+        >>> y = tc.decode(tc.encode({"x": x}, precision=tc.MinMax(4)))["x"]
+        >>> float(np.max(np.abs(x - y))) <= 1 / 15 / 2 + 1e-7
+        True
     """
 
     codec_id = "minmax"

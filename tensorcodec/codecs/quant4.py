@@ -425,6 +425,14 @@ class Quant4(Codec):
     from its fp32 values. NaN/Inf inputs are not supported: the block holding one decodes as
     NaN; with ``double_quant`` encoding refuses them (ValueError), as it refuses magnitudes
     whose block statistics overflow the fp32 mean (near 3.4e38).
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+        >>> message = tc.encode({"x": x}, precision=tc.Quant4("nf4", double_quant=True))
+        >>> y = tc.decode(message)["x"]
+        >>> len(message) < x.nbytes / 6, float(np.mean((x - y) ** 2) / np.mean(x**2)) < 0.02
+        (True, True)
     """
 
     codec_id = "quant4"

@@ -79,6 +79,14 @@ class Limits:
     models up to the terabyte range while refusing headers built to exhaust
     memory or CPU. Raise them for unusual messages; lower them for untrusted
     peers.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> message = tc.encode({"w": np.zeros(1 << 18)})
+        >>> tc.decode(message, limits=tc.Limits(max_decoded_bytes=1 << 20))
+        Traceback (most recent call last):
+            ...
+        tensorcodec.errors.DecodeError: decoded tensors would take 2097152 bytes, over the cap of 1048576 ...
     """
 
     max_header_bytes: int = 64 << 20
