@@ -124,10 +124,23 @@ def from_numpy(dtype: np.dtype[Any]) -> DType | None:
     return row
 
 
+def torch_module() -> Any:
+    """torch, imported when a tensor first needs it; a receiver without torch is told what to do."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            "this message holds torch tensors (its sender used torch) but torch is not installed here: "
+            "decode with framework='numpy' to get numpy arrays, or install torch",
+            name="torch",
+        ) from e
+    return torch
+
+
 def torch_table() -> dict[Any, DType]:
     global _BY_TORCH
     if _BY_TORCH is None:
-        import torch
+        torch = torch_module()
 
         table = {}
         for d in DTYPES:
@@ -145,6 +158,6 @@ def from_torch(dtype: Any) -> DType | None:
 
 def torch_dtype(row: DType) -> Any:
     """The torch dtype of a row, or None where the installed torch has none."""
-    import torch
+    torch = torch_module()
 
     return getattr(torch, row.torch_name, None) if row.torch_name else None

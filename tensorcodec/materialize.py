@@ -144,7 +144,7 @@ class Materializer:
         count = memoryview(buf).nbytes // row.itemsize
         if tdtype is None or not count:
             return None
-        import torch
+        torch = dtypes.torch_module()
 
         base = torch.frombuffer(buf, dtype=tdtype, count=count)
         return None if base.data_ptr() % row.itemsize else base
@@ -165,9 +165,7 @@ _NO_BASE: Any = object()
 
 @functools.cache
 def torch_from_numpy_fn() -> Any:
-    import torch
-
-    return torch.from_numpy
+    return dtypes.torch_module().from_numpy
 
 
 def torch_from_numpy(arr: np.ndarray[Any, Any]) -> Any:
@@ -190,8 +188,7 @@ def _torch_dtype_of(row: DType) -> Any:
     """The torch dtype of a row; TypeError where the installed torch has none."""
     tdtype = dtypes.torch_dtype(row)
     if tdtype is None:
-        import torch
-
+        torch = dtypes.torch_module()
         raise TypeError(
             f"dtype {row.name} has no torch equivalent in torch {torch.__version__}; decode with framework='numpy'"
         )
@@ -199,7 +196,7 @@ def _torch_dtype_of(row: DType) -> Any:
 
 
 def _numpy_to_torch(arr: np.ndarray[Any, Any], row: DType) -> Any:
-    import torch
+    torch = dtypes.torch_module()
 
     tdtype = _torch_dtype_of(row)
     if row.name not in NUMPY_NATIVE:

@@ -705,6 +705,43 @@ def test_torch_tensors_decode_where_torch_is_not_imported_yet() -> None:
     ]
 
 
+_TORCH_MISSING = """
+import sys
+sys.modules["torch"] = None  # any import of torch fails, as on a machine without it
+import tensorcodec as tc
+messages = [sys.stdin.buffer.read(n) for n in map(int, sys.argv[1:])]
+for native in (True, False):
+    if native and not tc.native_enabled():
+        continue
+    tc.set_native(native)
+    for message in messages:
+        for kw in ({}, {"copy": False}):
+            try:
+                tc.decode(message, **kw)
+            except ModuleNotFoundError as e:
+                assert e.name == "torch" and "framework='numpy'" in str(e), e
+            else:
+                raise AssertionError("decoded torch tensors without torch")
+        assert type(tc.decode(message, framework="numpy")["w"]).__name__ == "ndarray"
+print("ok")
+"""
+
+
+def test_torch_tensors_where_torch_is_missing_say_what_to_do() -> None:
+    """A numpy-only receiver of torch tensors gets one error naming the fix, on every path, never a DecodeError."""
+    messages = [
+        tc.encode({"w": torch.ones(3)}),
+        tc.encode({"w": torch.ones(3, dtype=torch.bfloat16), "s": torch.tensor(2)}),
+        tc.encode({"w": torch.ones(4096, dtype=torch.bfloat16)}, precision="nf4"),
+    ]
+    args = [str(len(m)) for m in messages]
+    proc = subprocess.run(
+        [sys.executable, "-c", _TORCH_MISSING, *args], input=b"".join(messages), capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().strip() == "ok"
+
+
 # -- the C tree decoder's tables agree with the Python callbacks -----------------------------------------------
 
 

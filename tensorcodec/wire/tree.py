@@ -447,7 +447,7 @@ def _unpack_tree(
             return msgpack.unpackb(
                 b, raw=False, use_list=True, strict_map_key=True, ext_hook=ext, object_pairs_hook=pairs
             )
-        except DecodeError:
+        except (DecodeError, ImportError):  # ImportError: the receiver lacks torch, which a tensor needs
             raise
         except Exception as e:  # msgpack reports malformed input through many types
             raise DecodeError(f"tree: malformed msgpack ({type(e).__name__}: {e})") from None
