@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._c import native_enabled, set_native
 from ._version import __version__
+from .budget import BudgetPolicy, budget_policy
 from .codecs import (
     FP8,
     PRECISIONS,
@@ -40,6 +41,8 @@ __all__ = [
     "load",
     "Limits",
     "Policy",
+    "budget_policy",
+    "BudgetPolicy",
     "DEFAULT_MIN_ELEMENTS",
     "PRECISIONS",
     "Codec",

@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 
 from . import __version__
 from .accounting import MIB, Report, inspect, nvflare_view, report
+from .budget import budget_policy
 from .charts import size_chart
 from .core import decode, encode
 from .errors import DecodeError
@@ -133,14 +135,25 @@ def _report(args: argparse.Namespace) -> int:
     model, label = _load(args.model)
     model = {k: np.array(v) if isinstance(v, np.memmap) else v for k, v in model.items()}
     precisions = args.precision or list(REPORT_PRECISIONS)
-    progress = _Progress(len(precisions), "report")
+    budgets = args.budget or []
+    progress = _Progress(len(precisions) + len(budgets), "report")
     results: list[tuple[str, Report, float]] = []
+    choices: list[str] = []
     for p in precisions:
         policy = None if p == "fp32" else Policy({"*": p}, min_elements=args.min_elements)
         t0 = time.perf_counter()
         _message, rep = report(model, policy=policy, quality=not args.no_quality)
         results.append((p, rep, time.perf_counter() - t0))
         progress.step(p)
+    for bits in budgets:
+        t0 = time.perf_counter()
+        chosen = budget_policy(model, bits=bits)
+        _message, rep = report(model, policy=chosen, quality=not args.no_quality)
+        row_name = f"budget {bits:g}"
+        results.append((row_name, rep, time.perf_counter() - t0))
+        counts = Counter(row.precision for row in chosen.rows)
+        choices.append(f"{row_name}: " + ", ".join(f"{n} x {p}" for p, n in counts.most_common()))
+        progress.step(row_name)
     progress.close()
     if args.per_tensor:
         p, rep, _ = results[-1]
@@ -167,6 +180,8 @@ def _report(args: argparse.Namespace) -> int:
         else label
     )
     _emit(args, headers, rows, title)
+    if choices and not (args.json or args.csv or args.quiet):
+        print("\n".join(["", "tensors per precision in each budget (tensorcodec.budget_policy):", *choices]))
     if args.plot:
         size_chart([(p, rep) for p, rep, _ in results], args.plot, f"{label.split(' (')[0]}: message size by precision")
     if args.nvflare and not (args.json or args.csv or args.quiet):
@@ -289,6 +304,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--per-tensor", action="store_true", help="one row per tensor (for the last precision)")
     p.add_argument("--nvflare", action="store_true", help="also print the NVFlare-compatible size view")
     p.add_argument("--plot", metavar="FILE", help="also draw the sizes as stacked bars (.png, .svg; needs matplotlib)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        action="append",
+        metavar="BITS",
+        help="also the least-error policy within BITS per element (repeatable)",
+    )
     output_flags(p)
     p.set_defaults(run=_report)
 

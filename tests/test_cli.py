@@ -307,3 +307,16 @@ def test_report_plot_writes_a_picture(capsys: pytest.CaptureFixture[str], model_
     assert run(capsys, "report", model_file, "--no-quality", "--precision", "bf16", "--plot", svg, "-q")[0] == 0
     text = svg.read_text()
     assert "<svg" in text and "bf16" in text
+
+
+def test_report_budget_rows_and_what_they_chose(capsys: pytest.CaptureFixture[str], model_file: Path) -> None:
+    code, out, err = run(capsys, "report", model_file, "--precision", "nf4", "--budget", "4.25", "--budget", "9")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    table = {line.split("  ")[0]: line.split() for line in lines[3:6]}
+    assert list(table) == ["nf4", "budget 4.25", "budget 9"]
+    policy = tc.budget_policy(small_model(), bits=4.25)
+    elements = sum(v.size for v in small_model().values())
+    assert float(table["budget 4.25"][2]) == pytest.approx(policy.bits * elements / 8 / MIB, abs=0.006)
+    assert "tensors per precision in each budget (tensorcodec.budget_policy):" in lines
+    assert any(line.startswith("budget 4.25: ") and " x " in line for line in lines)
