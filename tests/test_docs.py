@@ -51,3 +51,17 @@ def test_every_public_function_and_class_has_an_example_that_runs(name: str) -> 
         codecs_base.REGISTRY.clear()
         codecs_base.REGISTRY.update(saved)
         tc.set_native(was_native)
+
+
+def test_the_speed_picture_reads_every_workload_of_the_benchmarks_page() -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import pictures
+    finally:
+        sys.path.pop(0)
+    tables = pictures.workload_tables((ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8"))
+    assert list(tables) == list(pictures.WORKLOADS)
+    for rows in tables.values():
+        assert {"tc", "tc frames", "safetensors"} <= set(rows)
+        assert all(enc > 0 and dec > 0 for enc, dec in rows.values())
+    assert (ROOT / "docs" / "img" / "speed.png").stat().st_size > 10_000
