@@ -22,8 +22,9 @@ from .codecs import (
 from .core import decode, encode, encode_frames, encode_into
 from .dtypes import DTYPES, DType
 from .errors import ChecksumError, DecodeError, UnknownCodecError
+from .files import dump, load
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
-from .stream import DEFAULT_MAX_FRAME_BYTES, StreamDecoder, StreamTensor, decode_stream, dump, encode_stream, load
+from .stream import DEFAULT_MAX_FRAME_BYTES, StreamDecoder, StreamTensor, decode_stream, encode_stream
 from .wire.header import Limits
 
 __all__ = [

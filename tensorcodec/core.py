@@ -30,6 +30,7 @@ from .dtypes import DType
 from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
 from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
 from .policy import Policy, Precision
+from .reference import References, is_delta, rebuild, with_deltas
 from .wire.header import (
     ALIGN,
     CHECKSUMS,
@@ -216,6 +217,7 @@ def encode_frames(
     policy: Any = None,
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
+    reference: Any = None,
 ) -> list[Any]:
     """The message as a list of buffers, for scatter-gather transports.
 
@@ -234,14 +236,18 @@ def encode_frames(
         >>> tc.decode(frames)["w"]
         array([0., 1., 2., 3.])
     """
-    return _frames(obj, precision, policy, checksum, max_depth)[0]
+    return _frames(obj, precision, policy, checksum, max_depth, reference)[0]
 
 
 _PADDING = [memoryview(ZEROS)[:n] for n in range(ALIGN)]
 
 
-def _frames(obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int) -> tuple[list[Any], int]:
+def _frames(
+    obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int, reference: Any = None
+) -> tuple[list[Any], int]:
     """The frames of ``encode_frames`` and their total size."""
+    if reference is not None:
+        obj = with_deltas(obj, reference, Policy.of(precision, policy))
     prefix, segments = _plan(obj, precision, policy, checksum, max_depth)
     frames: list[Any] = [prefix]
     append = frames.append
@@ -264,6 +270,7 @@ def encode(
     policy: Any = None,
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
+    reference: Any = None,
 ) -> bytes:
     """Encode a tree of containers, scalars and tensors into one message.
 
@@ -273,7 +280,10 @@ def encode(
     ``Policy`` or a dict of name patterns to precisions) chooses per tensor.
     The caller's tensors are never modified. ``checksum`` ("xxh3_64" or
     "crc32c") adds a checksum of every segment that ``decode`` verifies. Each
-    tensor's bytes are copied once, into the result. Raises TypeError naming
+    tensor's bytes are copied once, into the result. With ``reference`` (a
+    model the receiver holds), each tensor it holds under the same name, dtype
+    and shape is sent as its difference from it (``tensorcodec.reference``),
+    which ``decode(..., reference=...)`` adds back. Raises TypeError naming
     the path of an object that cannot be encoded.
 
     Examples:
@@ -290,7 +300,7 @@ def encode(
             ...
         TypeError: root['w']: cannot encode an object of type builtins.object; supported: ...
     """
-    frames, size = _frames(obj, precision, policy, checksum, max_depth)
+    frames, size = _frames(obj, precision, policy, checksum, max_depth, reference)
     fast = _c.wire()
     if fast is not None:
         # One copy, into memory placed for huge pages from 2 MiB; the frames are dropped as they are
@@ -320,6 +330,7 @@ def encode_into(
     policy: Any = None,
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
+    reference: Any = None,
 ) -> int:
     """Encode into a caller-owned writable buffer (reused across calls); returns the bytes written.
 
@@ -332,7 +343,7 @@ def encode_into(
         >>> tc.decode(memoryview(buffer)[:n])["w"]
         array([0., 1., 2., 3.])
     """
-    frames, size = _frames(obj, precision, policy, checksum, max_depth)
+    frames, size = _frames(obj, precision, policy, checksum, max_depth, reference)
     dst = np.frombuffer(out, dtype=np.uint8)
     if dst.flags.writeable is False:
         raise ValueError("encode_into needs a writable buffer")
@@ -350,6 +361,7 @@ def decode(
     device: Any = None,
     verify: bool = True,
     limits: Limits = DEFAULT_LIMITS,
+    reference: Any = None,
 ) -> Any:
     """Decode a message (bytes-like, or the list that ``encode_frames`` gave).
 
@@ -358,6 +370,7 @@ def decode(
     ``copy=False`` returns read-only views into ``data`` (no per-byte work but
     checksum verification); ``copy=True`` returns writable arrays of their own.
     ``verify`` checks segment checksums when the message carries them.
+    ``reference`` is the model a message of deltas was encoded against.
 
     Raises DecodeError (or its subclass ChecksumError) for any malformed,
     truncated or over-limit message, naming what is wrong.
@@ -377,7 +390,8 @@ def decode(
     kinds_of(framework)  # a wrong framework is refused before the message is read
     rope = Rope(data)
     header = parse_message(rope, limits, verify)  # every rule checked before any tensor is built
-    coded = _Coded(header.entries, header.offsets, rope, header.budget)
+    refs = References(reference) if reference is not None else None
+    coded = _Coded(header.entries, header.offsets, rope, header.budget, refs)
     tensors = MessageTensors(header, rope, framework, copy, device, coded.tensor)
     return unflatten(header.tree, tensors.tensor, len(header.entries), limits.max_depth, tensors.routes())
 
@@ -390,7 +404,10 @@ class _Coded:
     tensors. A batch that fails is left to the one-by-one path, whose error names the tensor.
     """
 
-    def __init__(self, entries: list[Entry], offsets: list[int], rope: Rope, budget: Budget) -> None:
+    def __init__(
+        self, entries: list[Entry], offsets: list[int], rope: Rope, budget: Budget, refs: References | None = None
+    ) -> None:
+        self.refs = refs
         self.budget = budget
         self.entries = entries
         self.offsets = offsets
@@ -416,7 +433,10 @@ class _Coded:
         if flat is None:
             segments = _segment_views(entry, self.offsets, self.rope)
             count = entry.nbytes // entry.dtype.itemsize
-            flat = decode_segments(entry.stages, segments, entry.dtype, count, self.built)
+            if is_delta(entry.stages):
+                flat = rebuild(entry.stages, segments, entry.dtype, entry.shape, self.refs, self.built)
+            else:
+                flat = decode_segments(entry.stages, segments, entry.dtype, count, self.built)
         return converted(flat, entry, make, kind)
 
     def _batches(self) -> dict[int, np.ndarray[Any, Any]]:
@@ -435,6 +455,8 @@ class _Coded:
         for i, entry in enumerate(self.entries):
             if len(entry.stages) == 1 and entry.nbytes <= _BATCH_MAX_ELEMENTS * entry.dtype.itemsize:
                 codec_id, config, _ = entry.stages[0]
+                if codec_id == "delta":
+                    continue  # its reference is added one by one
                 try:
                     key = (codec_id, repr(config), entry.dtype)  # repr tells 1, 1.0 and True apart
                 except RecursionError:  # a hostile, deeply nested config: the one-by-one path refuses it

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,13 +24,13 @@ from .codecs import check_coded, decode_segments
 from .core import encode_leaf
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
-from .leaves import NUMPY, SCALAR, TORCH, Leaf
+from .leaves import NUMPY, SCALAR, TORCH, Leaf, values
 from .materialize import Framework, Materializer, kinds_of, scalar_error
 from .policy import Policy, Precision
+from .reference import References, delta_of, is_delta, rebuild
 from .wire.header import CHECKSUMS, DEFAULT_LIMITS, Budget, Entry, Limits, Segment, check_values
 from .wire.stream import (
     DEFAULT_MAX_FRAME_BYTES,
-    FRAME,
     FRAME_HEADER_SIZE,
     LAST_FRAME,
     LENGTH,
@@ -57,11 +57,7 @@ __all__ = [
     "decode_stream",
     "StreamDecoder",
     "StreamTensor",
-    "dump",
-    "load",
 ]
-
-_READ_CHUNK = 1 << 20
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -77,6 +73,7 @@ def encode_stream(
     names: bool = True,
     max_depth: int = DEFAULT_LIMITS.max_depth,
     stream_id: int | None = None,
+    reference: Any = None,
 ) -> Iterator[bytes]:
     """The message as a stream of frames, each at most ``max_frame_bytes`` long.
 
@@ -87,6 +84,7 @@ def encode_stream(
     unchanged until the iterator is exhausted. ``names`` puts each tensor's
     dotted path in its record, for receivers that use tensors as they arrive.
     ``stream_id`` (a random u64 by default) tags every frame of the stream.
+    ``reference`` sends deltas, each computed when its tensor's turn comes (see ``encode``).
 
     Examples:
         >>> import numpy as np, tensorcodec as tc
@@ -106,9 +104,11 @@ def encode_stream(
         raise ValueError(f"stream_id must be an unsigned 64-bit integer, not {stream_id}")
     rules = Policy.of(precision, policy)
     devices: dict[int, Any] = {}  # accelerator tensors stay there until their turn: one CPU copy at a time
-    tree, leaves, paths = flatten(obj, max_depth, names=names or rules is not None, devices=devices)
+    refs = References(reference) if reference is not None else None
+    want_paths = names or rules is not None or refs is not None
+    tree, leaves, paths = flatten(obj, max_depth, names=want_paths, devices=devices)
     framer = Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
-    return _frames(framer, tree, leaves, devices, paths, names, rules, checksum)
+    return _frames(framer, tree, leaves, devices, paths, names, rules, checksum, refs)
 
 
 def _frames(
@@ -120,6 +120,7 @@ def _frames(
     names: bool,
     rules: Policy | None,
     checksum: str | None,
+    refs: References | None = None,
 ) -> Iterator[bytes]:
     """The body of ``encode_stream``: one record and its segments per tensor, then the end record."""
     count = len(leaves)
@@ -133,7 +134,14 @@ def _frames(
             entry, segments = leaf.encoded.wire_entry()
         else:
             chain = rules.choose(path, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
-            entry, segments = encode_leaf(chain, leaf, path, devices.pop(i, None))
+            delta = None
+            if refs is not None and i not in devices:
+                kind = "torch" if leaf.kind == TORCH else "numpy"
+                delta = delta_of(values(leaf).reshape(-1), leaf.dtype, leaf.shape, kind, path, refs, chain)
+            if delta is not None:
+                entry, segments = delta.wire_entry()
+            else:
+                entry, segments = encode_leaf(chain, leaf, path, devices.pop(i, None))
         fields: dict[str, Any] = {"index": i, "entry": entry}
         if names:
             fields["name"] = path
@@ -146,27 +154,6 @@ def _frames(
         del leaf, entry, segments
     yield from framer.add(pack_record({"tree": tree, "count": count}))
     yield framer.flush(last=True)
-
-
-def dump(obj: Any, fp: BinaryIO, **encode_kw: Any) -> int:
-    """Writes ``obj`` to a binary file object as a stream of frames; returns the bytes written.
-
-    Takes the keyword arguments of ``encode_stream``; memory stays at about one
-    frame, whatever the size of the model.
-
-    Examples:
-        >>> import io, numpy as np, tensorcodec as tc
-        >>> file = io.BytesIO()
-        >>> written = tc.dump({"w": np.arange(3.0)}, file, precision="bf16")
-        >>> _ = file.seek(0)
-        >>> tc.load(file)["w"]
-        array([0., 1., 2.])
-    """
-    written = 0
-    for frame in encode_stream(obj, **encode_kw):
-        fp.write(frame)
-        written += len(frame)
-    return written
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -225,8 +212,10 @@ class StreamDecoder:
         device: Any = None,
         verify: bool = True,
         limits: Limits = DEFAULT_LIMITS,
+        reference: Any = None,
     ) -> None:
         self._kinds = kinds_of(framework)
+        self._refs = References(reference) if reference is not None else None
         self._torch_now = framework == "torch"
         self._copy = copy
         self._verify = verify
@@ -457,7 +446,10 @@ class StreamDecoder:
                     seg.name: Materializer.view(seg.dtype, seg.shape, seg.nbytes, buf, 0)
                     for seg, buf in zip(entry.segments, self._bufs, strict=True)
                 }
-                flat = decode_segments(entry.stages, parts, entry.dtype, entry.nbytes // entry.dtype.itemsize)
+                if is_delta(entry.stages):
+                    flat = rebuild(entry.stages, parts, entry.dtype, entry.shape, self._refs)
+                else:
+                    flat = decode_segments(entry.stages, parts, entry.dtype, entry.nbytes // entry.dtype.itemsize)
                 value = flat.reshape(entry.shape)
             if self._torch_now:
                 value = self._make.from_numpy(value, entry.dtype)
@@ -504,6 +496,7 @@ def decode_stream(
     verify: bool = True,
     limits: Limits = DEFAULT_LIMITS,
     on_tensor: Callable[[StreamTensor], None] | None = None,
+    reference: Any = None,
 ) -> Any:
     """Decodes a whole stream from an iterable of frames; the arguments are those of ``decode``.
 
@@ -519,76 +512,12 @@ def decode_stream(
         >>> arrived, tree["b"][0]
         (['a', 'b.0'], array([0., 0.]))
     """
-    decoder = StreamDecoder(copy=copy, framework=framework, device=device, verify=verify, limits=limits)
+    decoder = StreamDecoder(
+        copy=copy, framework=framework, device=device, verify=verify, limits=limits, reference=reference
+    )
     for frame in frames:
         arrived = decoder.feed(frame)
         if on_tensor is not None:
             for item in arrived:
                 on_tensor(item)
     return decoder.result()
-
-
-def load(fp: BinaryIO, **decode_kw: Any) -> Any:
-    """Reads one stream from a binary file object, frame by frame, and decodes it.
-
-    Takes the keyword arguments of ``decode_stream``. Stops after the stream's
-    last frame, so several streams can follow each other in one file. Reads
-    only what the file holds: a frame header announcing more bytes than follow
-    raises DecodeError, without allocating what it announced.
-
-    Examples:
-        >>> import io, numpy as np, tensorcodec as tc
-        >>> file = io.BytesIO()
-        >>> _ = tc.dump({"first": 1}, file), tc.dump({"second": 2}, file)
-        >>> _ = file.seek(0)
-        >>> tc.load(file), tc.load(file)
-        ({'first': 1}, {'second': 2})
-    """
-    on_tensor = decode_kw.pop("on_tensor", None)
-    decoder = StreamDecoder(**decode_kw)
-    while not decoder.done:
-        head = fp.read(FRAME_HEADER_SIZE)
-        while head and len(head) < FRAME_HEADER_SIZE:  # raw files and pipes may return short reads
-            more = fp.read(FRAME_HEADER_SIZE - len(head))
-            if not more:
-                break
-            head += more
-        if len(head) < FRAME_HEADER_SIZE:
-            raise DecodeError(
-                f"frame {decoder.frames}: the file ends "
-                + ("before the stream's last frame" if not head else f"inside a frame header ({len(head)} bytes)")
-            )
-        if head[:4] != STREAM_MAGIC:
-            raise DecodeError(f"frame {decoder.frames}: not a tensorcodec stream frame: magic {head[:4]!r}")
-        length = FRAME.unpack(head)[6]
-        frame = _read_frame(fp, head, length, decoder.frames)
-        for item in decoder.feed(frame):
-            if on_tensor is not None:
-                on_tensor(item)
-    return decoder.result()
-
-
-def _read_frame(fp: BinaryIO, head: bytes, length: int, number: int) -> bytearray:
-    """The frame with its body, grown with the bytes that arrive, so that a lying header costs no memory.
-
-    The buffer at most doubles what has been read (from 1 MiB), so a frame costs at most twice its
-    own bytes plus 1 MiB, and a long one a logarithmic number of regrowths.
-    """
-    frame = bytearray(FRAME_HEADER_SIZE + min(length, _READ_CHUNK))
-    frame[:FRAME_HEADER_SIZE] = head
-    pos = FRAME_HEADER_SIZE
-    end = FRAME_HEADER_SIZE + length
-    readinto = getattr(fp, "readinto", None)
-    while pos < end:
-        if pos == len(frame):
-            frame.extend(bytes(min(end - pos, max(_READ_CHUNK, pos))))
-        if readinto is not None:
-            got = readinto(memoryview(frame)[pos:]) or 0
-        else:
-            chunk = fp.read(len(frame) - pos)
-            got = len(chunk)
-            frame[pos : pos + got] = chunk
-        if not got:
-            raise DecodeError(f"frame {number}: the file ends after {pos - FRAME_HEADER_SIZE} of its {length} bytes")
-        pos += got
-    return frame

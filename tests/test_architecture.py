@@ -19,9 +19,9 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("leaves in", ["leaves"]),
     ("byte format", ["wire"]),
     ("leaves out", ["materialize"]),
-    ("policy", ["policy"]),
+    ("policy", ["policy", "reference"]),
     ("encode and decode", ["core"]),
-    ("on top", ["stream", "accounting", "budget", "charts", "interop", "models", "testing"]),
+    ("on top", ["stream", "files", "accounting", "budget", "charts", "interop", "models", "testing"]),
     ("entry points", ["cli", "__main__", "transports", "__init__"]),
 ]
 MAX_LINES = 600

@@ -28,6 +28,7 @@ from .fp8 import FP8
 from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
+from .delta import Delta
 
 # isort: on
 from .chain import (
@@ -51,6 +52,7 @@ __all__ = [
     "build_codec",
     "BuiltCodecs",
     "Cast",
+    "Delta",
     "check_coded",
     "check_layout",
     "Codec",
