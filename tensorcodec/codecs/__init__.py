@@ -4,7 +4,7 @@ One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4.
+this order: cast, fp8, minmax, blockwise8, quant4, hadamard.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .fp8 import FP8
 from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
+from .hadamard import Hadamard
 
 # isort: on
 from .chain import (
@@ -41,7 +42,7 @@ from .chain import (
     decode_segments,
     encode_chain,
 )
-from .precisions import PRECISIONS, precision_codec
+from .precisions import CHAINS, PRECISIONS, STAGES, precision_chain, precision_codec
 
 """The registry under its name from when the codecs were one module. Patching this name no longer swaps
 the registry (``base.REGISTRY`` is the one the functions read); it only keeps such fixtures working."""
@@ -58,8 +59,12 @@ __all__ = [
     "MinMax",
     "Blockwise8",
     "Quant4",
+    "Hadamard",
     "PRECISIONS",
+    "CHAINS",
+    "STAGES",
     "precision_codec",
+    "precision_chain",
     "FLOAT_SOURCES",
     "Segments",
     "DecodeItem",
