@@ -312,6 +312,7 @@ BOUNDS: dict[str, Any] = {
     "blockwise8": blockwise8_bound,
     "quant4": quant4_bound,
     "hadamard": stated_bound,
+    "nfk": stated_bound,
     "example.sign_scale": sign_scale_bound,
 }
 

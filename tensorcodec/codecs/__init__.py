@@ -4,7 +4,7 @@ One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4, hadamard.
+this order: cast, fp8, minmax, blockwise8, quant4, hadamard, nfk.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
 from .hadamard import Hadamard
+from .nfk import NFk
 
 # isort: on
 from .chain import (
@@ -60,6 +61,7 @@ __all__ = [
     "Blockwise8",
     "Quant4",
     "Hadamard",
+    "NFk",
     "PRECISIONS",
     "CHAINS",
     "STAGES",

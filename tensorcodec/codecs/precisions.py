@@ -10,6 +10,7 @@ from .cast import Cast
 from .fp8 import FP8
 from .hadamard import Hadamard
 from .minmax import MinMax
+from .nfk import NFk
 from .quant4 import Quant4
 
 PRECISIONS: dict[str, Callable[[], Codec]] = {
@@ -24,6 +25,10 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "minmax4": lambda: MinMax(4),
     "minmax2": lambda: MinMax(2),
     "minmax1": lambda: MinMax(1),
+    "nf2": lambda: NFk(2),
+    "nf3": lambda: NFk(3),
+    "nf5": lambda: NFk(5),
+    "nf6": lambda: NFk(6),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 
@@ -35,7 +40,11 @@ STAGES: dict[str, Callable[[], Codec]] = {
 """Short names of stages that only make sense before a quantizer in a chain (``["hadamard128", "nf4"]``)."""
 
 CHAINS: dict[str, Sequence[str]] = {
+    "hnf2": ("hadamard128", "nf2"),
+    "hnf3": ("hadamard128", "nf3"),
     "hnf4": ("hadamard128", "nf4"),
+    "hnf5": ("hadamard128", "nf5"),
+    "hnf6": ("hadamard128", "nf6"),
     "hblockwise8": ("hadamard128", "blockwise8"),
 }
 """Short names of chains: a rotation before a quantizer (``docs/codecs.md``, "hadamard")."""
