@@ -55,10 +55,10 @@ def unpack_bits(packed: np.ndarray[Any, Any], bits: int, count: int) -> np.ndarr
         flat[: min(packed.size, m * bits)] = packed[: m * bits]
         raw[:, :bits] = flat.reshape(m, bits)
         word = raw.view("<u8").reshape(m)
-        mask = np.uint64((1 << bits) - 1)
+        mask64 = np.uint64((1 << bits) - 1)
         out = np.empty((m, 8), dtype=np.uint32)
         for i in range(8):
-            out[:, i] = (word >> np.uint64(i * bits)) & mask
+            out[:, i] = (word >> np.uint64(i * bits)) & mask64
         return out.reshape(-1)[:count]
     bitplanes = np.unpackbits(packed, bitorder="little", count=count * bits).reshape(count, bits)
     weights = (1 << np.arange(bits, dtype=np.uint32)).astype(np.uint32)
