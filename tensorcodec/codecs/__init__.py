@@ -1,6 +1,6 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``) holds its
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``hadamard``, ``nfk``) holds its
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
