@@ -6,8 +6,8 @@ The set: Student-t (df = 3) values scaled by 0.02, with 1% of the columns (chann
 bfloat16. Each 2D slice is encoded as one tensor through ``tc.encode``; relative MSE is
 sum (x - x̂)^2 / sum x^2 over the whole set (float64), bits per element the encoded bytes (payload +
 meta, from the codec's segments) over the element count. bitsandbytes' nf4 (``quantize_4bit``,
-blocksize 64, compressed statistics) is a peer when it is installed. The last line is the speed of
-the Hadamard rotation's numpy kernel (``tensorcodec.codecs.hadamard.rotate``) in MB/s of bf16 source.
+blocksize 64, compressed statistics) is a peer when it is installed. The last lines are the speed of
+the Hadamard rotation (``tensorcodec.codecs.hadamard.rotate``, C and numpy) in MB/s of bf16 source.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def bnb_nf4(data: np.ndarray[Any, Any]) -> tuple[float, float] | None:
 
 
 def rotation_speed(data: np.ndarray[Any, Any]) -> tuple[float, float]:
-    flat = data[0].reshape(-1)
-    rotate(flat[:4096], 128, 0)
+    flat = data[: min(4, len(data))].reshape(-1)
+    rotate(flat, 128, 0)
     t0 = time.perf_counter()
     y = rotate(flat, 128, 0)
     t1 = time.perf_counter()
@@ -137,11 +137,14 @@ def main() -> None:
         peer = bnb_nf4(data)
         if peer is not None:
             print(f"{'bnb nf4':<16} {peer[0]:>10.3e} {peer[1]:>9.4f}")
-    fwd, inv = rotation_speed(data)
-    print(
-        f"hadamard128 numpy kernel, one {data[0].nbytes >> 20} MiB bf16 slice:"
-        f" {fwd:.0f} MB/s forward, {inv:.0f} MB/s inverse"
-    )
+    mib = data[: min(4, len(data))].nbytes >> 20
+    before = tc.native_enabled()
+    for native in (True, False) if before else (False,):
+        tc.set_native(native)
+        fwd, inv = rotation_speed(data)
+        kernel = "C" if native else "numpy"
+        print(f"hadamard128 {kernel} kernel, {mib} MiB of bf16: {fwd:.0f} MB/s forward, {inv:.0f} MB/s inverse")
+    tc.set_native(before)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import tensorcodec as tc
+from tensorcodec import _c
 from tensorcodec.accounting import predict, report
 from tensorcodec.codecs import Hadamard, Quant4, Quantized
 from tensorcodec.codecs.hadamard import pieces, rotate, signs
@@ -191,3 +192,23 @@ def test_hostile_chain_segments_are_decode_errors() -> None:
     backwards = [stages[1], stages[0]]  # a quantizer cannot hand on to a further stage
     with pytest.raises(DecodeError, match="cannot be followed"):
         tc.decode(tc.encode({"t": Quantized("float32", (300,), backwards, enc.segments)}))
+
+
+@pytest.mark.skipif(not _c.native_available(), reason="tensorcodec's C extensions are not built")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_c_kernel_gives_the_numpy_bits(dtype: str) -> None:
+    if not tc.native_enabled():
+        pytest.skip("TENSORCODEC_NATIVE=0: this run tests the Python paths alone")
+    row = tc.dtypes.by_name(dtype)
+    assert row is not None
+    rng = np.random.default_rng(9)
+    try:
+        for n, block in [(0, 128), (1, 128), (300, 128), (4173, 64), (3 << 18, 128), (70000, 4096)]:
+            x = (rng.standard_t(3, n) * 100).astype(row.numpy)
+            tc.set_native(True)
+            fwd, back = rotate(x, block, n), rotate(rotate(x, block, n), block, n, inverse=True)
+            tc.set_native(False)
+            assert rotate(x, block, n).tobytes() == fwd.tobytes(), (n, block)
+            assert rotate(fwd, block, n, inverse=True).tobytes() == back.tobytes(), (n, block)
+    finally:
+        tc.set_native(True)

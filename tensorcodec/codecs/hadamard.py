@@ -16,10 +16,13 @@ elements; the last, partial block of ``r`` elements is not padded (a stage hands
 values) but split into pieces by the binary expansion of ``r``, largest first (300 = 2 x 128 + 32
 + 8 + 4 for block 128); a piece of one element is only its sign. Signs: bit ``j mod 64`` of
 ``splitmix64`` output ``j // 64`` seeded by ``seed`` (1 is negative), the same for every block.
+The C kernel ``_native.hadamard`` does the same float32 operations in the same order (float32 and
+bfloat16 sources; float16 and float64 ones take the numpy passes).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from functools import lru_cache
@@ -28,10 +31,10 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from .. import dtypes
+from .. import _c, dtypes
 from ..dtypes import DType
 from .base import SUB32, Codec, Encoded, register_codec, restore, rounding_factor
-from .blocks import BF16, F32Array, readonly, scratch
+from .blocks import BF16, F32, BlockLayout, F32Array, readonly, run_blocks, scratch
 
 MAX_BLOCK = 1 << 16
 """Largest rotation block a decoder accepts."""
@@ -97,9 +100,16 @@ def rotate(x: np.ndarray[Any, Any], block: int, seed: int, *, inverse: bool = Fa
     n = x.size
     out = np.empty(n, dtype=np.float32)
     sg = signs(block, seed)
+    native = _c.kernels()
+    kind = {F32: 0, BF16: 2}.get(x.dtype) if native is not None else None
     for start, p, count in pieces(n, block):
         o = start % block if p < block else 0
         d = (sg[o : o + p] * scale_of(p)).astype(np.float32)
+        if native is not None and kind is not None:
+            span = slice(start, start + p * count)
+            run = functools.partial(_native_run, np.ascontiguousarray(x[span]), kind, out[span], p, d, inverse)
+            run_blocks(BlockLayout([p * count], p, False), run, None)
+            continue
         per = max(1, CHUNK // p)
         for c0 in range(0, count, per):
             c1 = min(count, c0 + per)
@@ -114,6 +124,15 @@ def rotate(x: np.ndarray[Any, Any], block: int, seed: int, *, inverse: bool = Fa
             else:
                 out[lo:hi] = r
     return out
+
+
+def _native_run(
+    src: np.ndarray[Any, Any], kind: int, dst: F32Array, p: int, d: F32Array, inverse: bool, b0: int, b1: int
+) -> None:
+    """Pieces [b0, b1) of a run by the C kernel (bit for bit the numpy passes above)."""
+    native = _c.kernels()
+    assert native is not None
+    native.hadamard(src[b0 * p : b1 * p], kind, dst[b0 * p : b1 * p], p, d, inverse)
 
 
 def _to_f32(x: np.ndarray[Any, Any], out: F32Array) -> None:
