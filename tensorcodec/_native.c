@@ -764,11 +764,93 @@ PyDoc_STRVAR(dequantize4_doc, "dequantize4((packed, absmaxes, counts), blocksize
 
 static PyObject *dequantize4(PyObject *self, PyObject *args) { return dequantize(args, 1); }
 
+/* ------------------------------------------------------------------------------------------ hadamard */
+
+/* One piece of p elements in place: butterflies h = 1, 2, ..., p/2, each pair (i, i + h) with i & h == 0
+   becoming (v_i + v_{i+h}, v_i - v_{i+h}); the in-place update reads both old values first, so it gives
+   the bits of codecs/hadamard.py's ping-pong passes. */
+static void butterflies(float *v, Py_ssize_t p)
+{
+    Py_ssize_t h0 = 1;
+    if (p >= 4) { /* stages h = 1 and 2 together, in registers: the same operations in the same order */
+        for (Py_ssize_t i = 0; i < p; i += 4) {
+            float s0 = v[i] + v[i + 1], d0 = v[i] - v[i + 1], s1 = v[i + 2] + v[i + 3], d1 = v[i + 2] - v[i + 3];
+            v[i] = s0 + s1;
+            v[i + 1] = d0 + d1;
+            v[i + 2] = s0 - s1;
+            v[i + 3] = d0 - d1;
+        }
+        h0 = 4;
+    }
+    for (Py_ssize_t h = h0; h < p; h *= 2)
+        for (Py_ssize_t i = 0; i < p; i += 2 * h)
+            for (Py_ssize_t j = i; j < i + h; j++) {
+                float a = v[j], b = v[j + h];
+                v[j] = a + b;
+                v[j + h] = a - b;
+            }
+}
+
+static void hadamard_run(const void *src, int kind, float *out, Py_ssize_t n, Py_ssize_t p, const float *d,
+                         int inverse)
+{
+    for (Py_ssize_t s = 0; s < n; s += p) {
+        float *v = out + s;
+        if (kind == 2) {
+            const uint16_t *x = (const uint16_t *)src + s;
+            for (Py_ssize_t j = 0; j < p; j++) {
+                uint32_t bits = (uint32_t)x[j] << 16;
+                memcpy(&v[j], &bits, 4);
+            }
+        } else {
+            memcpy(v, (const float *)src + s, (size_t)p * 4);
+        }
+        if (!inverse)
+            for (Py_ssize_t j = 0; j < p; j++)
+                v[j] = v[j] * d[j];
+        butterflies(v, p);
+        if (inverse)
+            for (Py_ssize_t j = 0; j < p; j++)
+                v[j] = v[j] * d[j];
+    }
+}
+
+PyDoc_STRVAR(hadamard_doc, "hadamard(src, kind, out, p, d, inverse)\n\n"
+                           "The rotation of codecs/hadamard.py on pieces of p elements: float32 (kind 0) or "
+                           "bfloat16 (kind 2) src, float32 out of as many elements, d the p multipliers.");
+
+static PyObject *hadamard(PyObject *self, PyObject *args)
+{
+    Py_buffer src = {0}, out = {0}, d = {0};
+    int kind, inverse;
+    Py_ssize_t p;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "y*iw*ny*p:hadamard", &src, &kind, &out, &p, &d, &inverse))
+        return NULL;
+    Py_ssize_t width = kind == 2 ? 2 : 4;
+    Py_ssize_t n = src.len / width;
+    if ((kind != 0 && kind != 2) || p <= 0 || (p & (p - 1)) || src.len % width || n % p || out.len != 4 * n ||
+        d.len != 4 * p) {
+        PyErr_SetString(PyExc_ValueError, "hadamard: bad kind, piece size or buffer lengths");
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    hadamard_run(src.buf, kind, out.buf, n, p, d.buf, inverse);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&out);
+    PyBuffer_Release(&d);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"quantize8", quantize8, METH_VARARGS, quantize8_doc},
     {"dequantize8", dequantize8, METH_VARARGS, dequantize8_doc},
     {"quantize4", quantize4, METH_VARARGS, quantize4_doc},
     {"dequantize4", dequantize4, METH_VARARGS, dequantize4_doc},
+    {"hadamard", hadamard, METH_VARARGS, hadamard_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -43,3 +43,6 @@ def dequantize4(
     span: _Span,
 ) -> None:
     """``src``: (packed, absmaxes, counts); ``values``: the 16 table values; ``out``: (values, kind)."""
+
+def hadamard(src: _Buf, kind: int, out: _Buf, p: int, d: _Buf, inverse: bool) -> None:
+    """codecs/hadamard.py's rotation of pieces of ``p`` elements (kind 0 float32, 2 bfloat16) into float32 ``out``."""

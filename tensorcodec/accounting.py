@@ -350,8 +350,8 @@ def predict(
                 for codec in chain[:-1]:
                     stage_dtype = codec.output_dtype(stage_dtype) or stage_dtype
                 layout = chain[-1].segment_layout(stage_dtype, count)
-                if layout is None or len(chain) > 1:
-                    raise ValueError(f"{name!r}: {chain} has data-dependent or chained sizes; use report()")
+                if layout is None:
+                    raise ValueError(f"{name!r}: {chain} has data-dependent sizes; use report()")
                 described = []
                 for seg_name, (role, seg_dtype, seg_shape) in layout.items():
                     described.append([seg_name, role, seg_dtype, seg_shape])

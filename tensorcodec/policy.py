@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .codecs import Codec, MinMax, precision_codec
+from .codecs import Codec, MinMax, precision_chain
 from .dtypes import DType
 
 __all__ = ["Policy", "DEFAULT_MIN_ELEMENTS"]
@@ -24,7 +24,8 @@ DEFAULT_MIN_ELEMENTS = 4096
 """Below this many elements a tensor (a bias, a norm) is sent losslessly unless a rule says otherwise."""
 
 Precision = str | Codec | Sequence[str | Codec] | None
-"""A precision name, a Codec, a chain of them (e.g. ``["bf16", "blockwise8"]``), or None for lossless."""
+"""A precision name (a chain name such as "hnf4" too), a Codec, a chain of them (e.g. ``["bf16", "blockwise8"]``),
+or None for lossless."""
 
 
 class Policy:
@@ -137,8 +138,8 @@ def _chain(precision: Precision) -> list[Codec] | None:
     if precision is None:
         return None
     if isinstance(precision, (str, Codec)):
-        return [precision_codec(precision)]
-    chain = [precision_codec(p) for p in precision]
+        return precision_chain(precision)
+    chain = [codec for p in precision for codec in precision_chain(p)]
     if not chain:
         raise ValueError("an empty precision chain; use None for lossless")
     return chain

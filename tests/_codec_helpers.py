@@ -286,6 +286,11 @@ def quant4_bound(codec: Quant4, flat: np.ndarray[Any, Any], enc: tc.Encoded, got
     assert_within(flat, enc, got, codec)
 
 
+def stated_bound(codec: Codec, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
+    """A codec whose promise is its ``Codec.error_bound`` alone (hadamard, nf-k)."""
+    assert_within(flat, enc, got, codec)
+
+
 def sign_scale_bound(codec: Any, flat: np.ndarray[Any, Any], enc: tc.Encoded, got: np.ndarray[Any, Any]) -> None:
     """The worked example (``SignScale.error_bound``): x̂ = ±scale with x's sign bit; scale = mean |x|
     (l1) or rms (l2)."""
@@ -306,6 +311,8 @@ BOUNDS: dict[str, Any] = {
     "minmax": minmax_bound,
     "blockwise8": blockwise8_bound,
     "quant4": quant4_bound,
+    "hadamard": stated_bound,
+    "nfk": stated_bound,
     "example.sign_scale": sign_scale_bound,
 }
 

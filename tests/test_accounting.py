@@ -288,6 +288,10 @@ def _worst_error(precision: str, x: np.ndarray[Any, Any]) -> float:
         "blockwise8": 0.0070468 * absmax,
         "nf4": 0.1519 * absmax * 1.05,  # + the error of the double-quantized absmax
         "fp4": 0.16667 * absmax * 1.05,
+        "nf2": 0.5 * absmax * 1.05,
+        "nf3": 0.23249 * absmax * 1.05,
+        "nf5": 0.11280 * absmax * 1.05,
+        "nf6": 0.08964 * absmax * 1.05,
     }
     if precision.startswith("minmax"):
         return span / (2 ** int(precision[6:]) - 1) / 2 * 1.0001

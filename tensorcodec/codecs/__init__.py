@@ -1,10 +1,10 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``) holds its
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``hadamard``, ``nfk``) holds its
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4.
+this order: cast, fp8, minmax, blockwise8, quant4, hadamard, nfk.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
 from .delta import Delta
+from .hadamard import Hadamard
+from .nfk import NFk
 
 # isort: on
 from .chain import (
@@ -42,7 +44,7 @@ from .chain import (
     decode_segments,
     encode_chain,
 )
-from .precisions import PRECISIONS, precision_codec
+from .precisions import CHAINS, PRECISIONS, STAGES, precision_chain, precision_codec
 
 """The registry under its name from when the codecs were one module. Patching this name no longer swaps
 the registry (``base.REGISTRY`` is the one the functions read); it only keeps such fixtures working."""
@@ -52,22 +54,26 @@ __all__ = [
     "build_codec",
     "BuiltCodecs",
     "Cast",
-    "Delta",
+    "CHAINS",
     "check_coded",
     "check_layout",
     "Codec",
     "decode_batch",
     "decode_segments",
     "DecodeItem",
+    "Delta",
     "encode_chain",
     "Encoded",
     "FLOAT_SOURCES",
     "FP8",
     "get_codec",
+    "Hadamard",
     "MAX_STAGES",
     "MinMax",
+    "NFk",
     "pack_bits",
     "packed_size",
+    "precision_chain",
     "precision_codec",
     "PRECISIONS",
     "Quant4",
@@ -75,5 +81,6 @@ __all__ = [
     "register_codec",
     "registered_codecs",
     "Segments",
+    "STAGES",
     "unpack_bits",
 ]
