@@ -1,10 +1,10 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``) holds its
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``mx``, ``nvfp4``) holds its
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4.
+this order: cast, fp8, minmax, blockwise8, quant4, mx, nvfp4.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from .fp8 import FP8
 from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
+from .mx import MX
+from .nvfp4 import NVFP4
 
 # isort: on
 from .chain import (
@@ -58,6 +60,8 @@ __all__ = [
     "MinMax",
     "Blockwise8",
     "Quant4",
+    "MX",
+    "NVFP4",
     "PRECISIONS",
     "precision_codec",
     "FLOAT_SOURCES",

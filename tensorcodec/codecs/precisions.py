@@ -9,6 +9,8 @@ from .blockwise8 import Blockwise8
 from .cast import Cast
 from .fp8 import FP8
 from .minmax import MinMax
+from .mx import MX
+from .nvfp4 import NVFP4
 from .quant4 import Quant4
 
 PRECISIONS: dict[str, Callable[[], Codec]] = {
@@ -23,6 +25,13 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "minmax4": lambda: MinMax(4),
     "minmax2": lambda: MinMax(2),
     "minmax1": lambda: MinMax(1),
+    "mxfp8_e4m3": lambda: MX("e4m3"),
+    "mxfp8_e5m2": lambda: MX("e5m2"),
+    "mxfp6_e2m3": lambda: MX("e2m3"),
+    "mxfp6_e3m2": lambda: MX("e3m2"),
+    "mxfp4": lambda: MX("e2m1"),
+    "mxint8": lambda: MX("int8"),
+    "nvfp4": lambda: NVFP4(),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 
