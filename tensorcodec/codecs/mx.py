@@ -67,7 +67,7 @@ def decode_table(elem: Element) -> np.ndarray[Any, Any]:
     n = 1 << elem.bits
     if elem.name in ("e4m3", "e5m2"):
         fp8 = ml_dtypes.float8_e4m3fn if elem.name == "e4m3" else ml_dtypes.float8_e5m2
-        return np.arange(n, dtype=np.uint8).view(fp8).astype(np.float32)
+        return np.asarray(np.arange(n, dtype=np.uint8).view(fp8).astype(np.float32))
     if elem.name == "int8":
         return (np.arange(n, dtype=np.uint8).view(np.int8).astype(np.float32) / np.float32(64.0)).astype(np.float32)
     return minifloat_values(elem.ebits, elem.mbits)
@@ -108,7 +108,7 @@ def f32_to_minifloat(x: np.ndarray[Any, Any], ebits: int, mbits: int) -> np.ndar
         normal = ((mag_bits + add + odd) >> (23 - mbits)).astype(np.uint8)
     out = np.where(denormal, sub, np.where(saturate, np.uint8((1 << (ebits + mbits)) - 1), normal))
     sign_lp = ((sign >> (31 - ebits - mbits)).astype(np.uint8)) & np.uint8(1 << (ebits + mbits))
-    return (out | sign_lp).astype(np.uint8)
+    return np.asarray((out | sign_lp).astype(np.uint8))
 
 
 def e8m0_scales(amax: np.ndarray[Any, Any], emax: int) -> np.ndarray[Any, Any]:
@@ -138,11 +138,11 @@ def quantize_elements(y: np.ndarray[Any, Any], elem: Element) -> np.ndarray[Any,
         codes = np.clip(y, -m, m).astype(fp8).view(np.uint8)
         # NaN as torch casts it: all exponent and mantissa bits set, the sign kept (ml_dtypes gives e5m2 0x7E).
         nan = (np.signbit(y).astype(np.uint8) << 7) | np.uint8(0x7F)
-        return np.where(np.isnan(y), nan, codes)
+        return np.asarray(np.where(np.isnan(y), nan, codes))
     if elem.name == "int8":
         with np.errstate(invalid="ignore"):
             q = np.clip(np.rint(y * np.float32(64.0)), -127, 127)
-        return np.nan_to_num(q, nan=0.0).astype(np.int8).view(np.uint8)
+        return np.asarray(np.nan_to_num(q, nan=0.0).astype(np.int8).view(np.uint8))
     return f32_to_minifloat(y, elem.ebits, elem.mbits)
 
 
@@ -154,10 +154,10 @@ def pack(codes: np.ndarray[Any, Any], bits: int) -> np.ndarray[Any, Any]:
     per = 2 if bits == 4 else 4
     lanes = np.zeros(-(-n // per) * per, dtype=np.uint32)
     lanes[:n] = codes
-    lanes = lanes.reshape(-1, per)
+    grid = lanes.reshape(-1, per)
     if bits == 4:
-        return (lanes[:, 0] | (lanes[:, 1] << 4)).astype(np.uint8)
-    word = lanes[:, 0] | (lanes[:, 1] << 6) | (lanes[:, 2] << 12) | (lanes[:, 3] << 18)
+        return (grid[:, 0] | (grid[:, 1] << 4)).astype(np.uint8)
+    word = grid[:, 0] | (grid[:, 1] << 6) | (grid[:, 2] << 12) | (grid[:, 3] << 18)
     out = np.stack([word & 0xFF, (word >> 8) & 0xFF, word >> 16], axis=1).astype(np.uint8)
     return out.reshape(-1)[: packed_size(n, 6)]
 

@@ -52,7 +52,7 @@ E4M3_BITS.setflags(write=False)
 
 def e4m3_values(codes: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """E4M3 codes as float32, NaN with torch's payload (it decides the E2M1 code a NaN block gets)."""
-    return E4M3_BITS[codes].view(np.float32)
+    return np.asarray(E4M3_BITS[codes].view(np.float32))
 
 
 def quantize_nvfp4(x: np.ndarray[Any, Any]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any], np.float32]:
