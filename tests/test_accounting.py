@@ -293,6 +293,17 @@ def _worst_error(precision: str, x: np.ndarray[Any, Any]) -> float:
         "nf5": 0.11280 * absmax * 1.05,
         "nf6": 0.08964 * absmax * 1.05,
     }
+    # MX: the scale is at most absmax / 2^emax, and x / scale < 2^(emax + 1): half an ulp there plus saturation.
+    for name, (m, emax, top) in {
+        "mxfp8_e4m3": (3, 8, 448.0),
+        "mxfp8_e5m2": (2, 15, 57344.0),
+        "mxfp6_e2m3": (3, 2, 7.5),
+        "mxfp6_e3m2": (2, 4, 28.0),
+        "mxfp4": (1, 2, 6.0),
+    }.items():
+        bounds[name] = (2.0 ** (emax - m) + max(2.0 ** (emax + 1) - top, 0.0)) / 2.0**emax * absmax
+    bounds["mxint8"] = (1 / 128 + 1 / 64) * absmax
+    bounds["nvfp4"] = absmax / 6 * 1.0625 * (6.375 / 4 + 0.375)  # d <= amax / 6 (1 + 2^-4), y <= 6.375
     if precision.startswith("minmax"):
         return span / (2 ** int(precision[6:]) - 1) / 2 * 1.0001
     return bounds[precision] * 1.0001

@@ -1,10 +1,10 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``hadamard``, ``nfk``) holds its
-codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``delta``,
+``hadamard``, ``nfk``, ``mx``, ``nvfp4``) holds its codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4, hadamard, nfk.
+this order: cast, fp8, minmax, blockwise8, quant4, delta, hadamard, nfk, mx, nvfp4.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from .quant4 import Quant4
 from .delta import Delta
 from .hadamard import Hadamard
 from .nfk import NFk
+from .mx import MX
+from .nvfp4 import NVFP4
 
 # isort: on
 from .chain import (
@@ -70,7 +72,9 @@ __all__ = [
     "Hadamard",
     "MAX_STAGES",
     "MinMax",
+    "MX",
     "NFk",
+    "NVFP4",
     "pack_bits",
     "packed_size",
     "precision_chain",

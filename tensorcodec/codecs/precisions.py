@@ -11,6 +11,8 @@ from .fp8 import FP8
 from .hadamard import Hadamard
 from .minmax import MinMax
 from .nfk import NFk
+from .mx import MX
+from .nvfp4 import NVFP4
 from .quant4 import Quant4
 
 PRECISIONS: dict[str, Callable[[], Codec]] = {
@@ -29,6 +31,13 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "nf3": lambda: NFk(3),
     "nf5": lambda: NFk(5),
     "nf6": lambda: NFk(6),
+    "mxfp8_e4m3": lambda: MX("e4m3"),
+    "mxfp8_e5m2": lambda: MX("e5m2"),
+    "mxfp6_e2m3": lambda: MX("e2m3"),
+    "mxfp6_e3m2": lambda: MX("e3m2"),
+    "mxfp4": lambda: MX("e2m1"),
+    "mxint8": lambda: MX("int8"),
+    "nvfp4": lambda: NVFP4(),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 
