@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("leaves out", ["materialize"]),
     ("policy", ["policy"]),
     ("encode and decode", ["core"]),
-    ("on top", ["stream", "accounting", "charts", "interop", "models", "testing"]),
+    ("on top", ["stream", "accounting", "charts", "interop", "models", "testing", "integrations"]),
     ("entry points", ["cli", "__main__", "transports", "__init__"]),
 ]
 MAX_LINES = 600
