@@ -39,3 +39,4 @@ def build_job(precision: str | None, sites: tuple[str, ...] = ("site-1", "site-2
 if __name__ == "__main__":
     workspace = sys.argv[1] if len(sys.argv) > 1 else "/tmp/nvflare_ws"
     build_job(sys.argv[2] if len(sys.argv) > 2 else "bf16").simulator_run(workspace)
+    print(f"global model: {workspace}/server/simulate_job/app_server/FL_global_model.pt")
