@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("leaves out", ["materialize"]),
     ("policy", ["policy", "reference"]),
     ("encode and decode", ["core"]),
-    ("on top", ["stream", "files", "accounting", "budget", "charts", "interop", "models", "testing"]),
+    ("on top", ["stream", "files", "accounting", "budget", "charts", "interop", "models", "testing", "integrations"]),
     ("entry points", ["cli", "__main__", "transports", "__init__"]),
 ]
 MAX_LINES = 600
@@ -116,3 +116,16 @@ def test_no_private_attribute_of_another_module(path: Path) -> None:
 def test_modules_stay_small(path: Path) -> None:
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{_name(path)} has {lines} lines (at most {MAX_LINES}): split the idea it owns"
+
+
+def test_the_engines_are_imported_only_with_their_integration() -> None:
+    """``import tensorcodec`` (and ``tensorcodec.integrations``) pulls in no federated-learning engine."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, tensorcodec, tensorcodec.integrations, tensorcodec.integrations.common\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'nvflare', 'flwr', 'ray'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]"
