@@ -10,8 +10,8 @@ from .cast import Cast
 from .fp8 import FP8
 from .hadamard import Hadamard
 from .minmax import MinMax
-from .nfk import NFk
 from .mx import MX
+from .nfk import NFk
 from .nvfp4 import NVFP4
 from .quant4 import Quant4
 
