@@ -2,9 +2,10 @@
 
 One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``delta``,
 ``hadamard``, ``nfk``, ``mx``, ``nvfp4``) holds its codec class; ``base`` holds ``Codec``,
-``Encoded``, the registry and the helpers the families share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
-``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4, delta, hadamard, nfk, mx, nvfp4.
+``Encoded``, the registry and the helpers the families share; ``bits`` the bit packing;
+``chain`` the stage chains and pre-encoded tensors; ``precisions`` the short names. Importing
+this package registers the built-in codecs, in this order: cast, fp8, minmax, blockwise8,
+quant4, delta, hadamard, nfk, mx, nvfp4.
 """
 
 from __future__ import annotations
