@@ -1,10 +1,10 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``) holds its
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``entropy`` with its coder ``huffman``) holds its
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4.
+this order: cast, fp8, minmax, blockwise8, quant4, entropy (lossless byte planes).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .fp8 import FP8
 from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
+from .entropy import Entropy
 
 # isort: on
 from .chain import (
@@ -58,6 +59,7 @@ __all__ = [
     "MinMax",
     "Blockwise8",
     "Quant4",
+    "Entropy",
     "PRECISIONS",
     "precision_codec",
     "FLOAT_SOURCES",

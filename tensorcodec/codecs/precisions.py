@@ -7,6 +7,7 @@ from collections.abc import Callable
 from .base import Codec
 from .blockwise8 import Blockwise8
 from .cast import Cast
+from .entropy import Entropy
 from .fp8 import FP8
 from .minmax import MinMax
 from .quant4 import Quant4
@@ -23,6 +24,7 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "minmax4": lambda: MinMax(4),
     "minmax2": lambda: MinMax(2),
     "minmax1": lambda: MinMax(1),
+    "lossless": lambda: Entropy(),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 
