@@ -82,7 +82,9 @@ class Entropy(Codec):
         if self.coder == "zstd" and zstandard is None:
             raise ValueError("entropy coder 'zstd' needs the zstandard package: pip install 'tensorcodec[entropy]'")
         n, width = x.size, x.dtype.itemsize
-        raw = x.reshape(-1).view(np.uint8)
+        if x.dtype.byteorder == ">":
+            x = x.astype(x.dtype.newbyteorder("<"))
+        raw = np.ascontiguousarray(x).reshape(-1).view(np.uint8)
         rotate = x.dtype.name in ROTATED and width > 1
         index = np.zeros(width * self._chunks(n), np.uint32)
         bodies: list[np.ndarray[Any, Any]] = []
