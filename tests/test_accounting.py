@@ -296,7 +296,7 @@ def _worst_error(precision: str, x: np.ndarray[Any, Any]) -> float:
     return bounds[precision] * 1.0001
 
 
-def test_predict_refuses_data_dependent_sizes() -> None:
+def test_predict_refuses_the_lossless_precision() -> None:
     with pytest.raises(ValueError, match="data-dependent"):
         predict(random_spec(1), policy=tc.Policy({"*": "lossless"}, min_elements=0))
 

@@ -285,7 +285,9 @@ def test_c_kernels_check_their_sizes() -> None:
     with pytest.raises(ValueError):
         native.histograms(np.zeros(10, np.uint8), 4, np.zeros(256, np.uint32))
     with pytest.raises(ValueError):
-        native.huff_decode(np.zeros(4, np.uint8), np.zeros(1, np.uint32), np.zeros(2048, np.uint16), 256, np.zeros(9, np.uint8))
+        native.huff_decode(
+            np.zeros(4, np.uint8), np.zeros(1, np.uint32), np.zeros(2048, np.uint16), 256, np.zeros(9, np.uint8)
+        )
 
 
 # ---------------------------------------------------------------------------- zstd, present or not

@@ -1,8 +1,8 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
-One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``entropy`` with its coder ``huffman``) holds its
-codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
-share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
+One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``entropy`` with
+its coder ``huffman``) holds its codec class; ``base`` holds ``Codec``, ``Encoded``, the registry
+and the helpers the families share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
 this order: cast, fp8, minmax, blockwise8, quant4, entropy (lossless byte planes).
 """

@@ -21,6 +21,7 @@ from ..errors import DecodeError
 from . import huffman
 from .base import Codec, Encoded, register_codec
 
+zstandard: Any
 try:  # optional: only the coder="zstd" option needs it, to encode and to decode its chunks
     import zstandard
 except ImportError:  # pragma: no cover - depends on the environment
@@ -109,7 +110,7 @@ class Entropy(Codec):
         if float(-(p * np.log2(p)).sum()) * m / 8 + huffman.header_size(m) >= SAVING * m:
             return RAW, piece
         if self.coder == "zstd":
-            coded = np.frombuffer(zstandard.ZstdCompressor(level=self.level).compress(piece), np.uint8)
+            coded = np.frombuffer(zstandard.ZstdCompressor(level=self.level).compress(piece.data), np.uint8)
             method = ZSTD
         else:
             coded = huffman.encode_chunk(piece, huffman.code_lengths(hist))

@@ -107,7 +107,8 @@ def canonical_codes(lengths: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 def pack_lengths(lengths: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     pairs = lengths.reshape(128, 2)
-    return (pairs[:, 0] | (pairs[:, 1] << 4)).astype(np.uint8)
+    packed: np.ndarray[Any, Any] = (pairs[:, 0] | (pairs[:, 1] << 4)).astype(np.uint8)
+    return packed
 
 
 def decode_table(packed: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -188,7 +189,7 @@ def decode_chunk(body: np.ndarray[Any, Any], out: np.ndarray[Any, Any], tables: 
     plane usually share their code).
     """
     m = out.size
-    span, lanes = lane_span(m)
+    span = lane_span(m)[0]
     head = header_size(m)
     if body.size < head:
         raise DecodeError(f"a Huffman chunk of {body.size} bytes is shorter than its {head}-byte header")
