@@ -845,12 +845,370 @@ done:
     return res;
 }
 
+/* ------------------------------------------------------------------ entropy: byte planes and Huffman lanes */
+/* The C twins of codecs/entropy.py (split_planes, join_planes, histograms) and codecs/huffman.py
+ * (_encode_lanes, _decode_lanes). The codes and decode tables are built in Python and passed in. */
+
+INLINE uint64_t rotl_bits(uint64_t v, int bits, int by) /* by: 1 (left) or bits - 1 (right by one) */
+{
+    uint64_t mask = bits == 64 ? ~(uint64_t)0 : (((uint64_t)1 << bits) - 1);
+    return ((v << by) | (v >> (bits - by))) & mask;
+}
+
+INLINE uint64_t load_le(const unsigned char *p, Py_ssize_t w)
+{
+    uint64_t v = 0;
+    for (Py_ssize_t k = 0; k < w; k++)
+        v |= (uint64_t)p[k] << (8 * k);
+    return v;
+}
+
+/* Planes of w-byte elements: plane p holds byte w - 1 - p of each (rotated) element, so plane 0 is the top. */
+INLINE void split_w(const unsigned char *src, unsigned char *out, Py_ssize_t n, Py_ssize_t w, int rotate)
+{
+    int bits = (int)(8 * w);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = load_le(src + w * i, w);
+        if (rotate)
+            v = rotl_bits(v, bits, 1);
+        for (Py_ssize_t p = 0; p < w; p++)
+            out[p * n + i] = (unsigned char)(v >> (8 * (w - 1 - p)));
+    }
+}
+
+INLINE void join_w(const unsigned char *const *planes, unsigned char *out, Py_ssize_t n, Py_ssize_t w, int rotate)
+{
+    int bits = (int)(8 * w);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint64_t v = 0;
+        for (Py_ssize_t p = 0; p < w; p++)
+            v |= (uint64_t)planes[p][i] << (8 * (w - 1 - p));
+        if (rotate)
+            v = rotl_bits(v, bits, bits - 1);
+        for (Py_ssize_t k = 0; k < w; k++)
+            out[w * i + k] = (unsigned char)(v >> (8 * k));
+    }
+}
+
+static int plane_args(const Py_buffer *a, const Py_buffer *b, Py_ssize_t w, Py_ssize_t *n)
+{
+    if (w != 1 && w != 2 && w != 4 && w != 8) {
+        PyErr_Format(PyExc_ValueError, "itemsize must be 1, 2, 4 or 8, not %zd", w);
+        return -1;
+    }
+    if (a->len % w || b->len != a->len) {
+        PyErr_Format(PyExc_ValueError, "buffers of %zd and %zd bytes for %zd-byte elements", a->len, b->len, w);
+        return -1;
+    }
+    *n = a->len / w;
+    return 0;
+}
+
+PyDoc_STRVAR(split_planes_doc, "split_planes(src, itemsize, rotate, out)\n\n"
+                               "Byte planes of the elements (rotated left one bit if rotate), the top byte's plane first.");
+
+static PyObject *split_planes(PyObject *self, PyObject *args)
+{
+    Py_buffer src = {0}, out = {0};
+    Py_ssize_t w, n;
+    int rotate;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "y*npw*:split_planes", &src, &w, &rotate, &out))
+        return NULL;
+    if (plane_args(&src, &out, w, &n))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    /* one copy per width, so that each loop is unrolled for it */
+    if (w == 1) split_w(src.buf, out.buf, n, 1, 0);
+    else if (w == 2) split_w(src.buf, out.buf, n, 2, rotate);
+    else if (w == 4) split_w(src.buf, out.buf, n, 4, rotate);
+    else split_w(src.buf, out.buf, n, 8, rotate);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(&src, 1);
+    release(&out, 1);
+    return res;
+}
+
+PyDoc_STRVAR(join_planes_doc, "join_planes(planes, rotate, out)\n\n"
+                              "The inverse of split_planes: elements of len(planes) bytes from their planes into out.");
+
+static PyObject *join_planes(PyObject *self, PyObject *args)
+{
+    PyObject *seq, *fast = NULL, *res = NULL;
+    Py_buffer out = {0};
+    Py_buffer *views = NULL;
+    Py_ssize_t w = 0;
+    int rotate;
+    if (!PyArg_ParseTuple(args, "Opw*:join_planes", &seq, &rotate, &out))
+        return NULL;
+    fast = PySequence_Fast(seq, "planes must be a sequence");
+    if (fast == NULL)
+        goto done;
+    w = PySequence_Fast_GET_SIZE(fast);
+    if (w != 1 && w != 2 && w != 4 && w != 8) {
+        PyErr_Format(PyExc_ValueError, "1, 2, 4 or 8 planes, not %zd", w);
+        goto done;
+    }
+    views = item_buffers(fast, w, "planes");
+    if (views == NULL)
+        goto done;
+    Py_ssize_t n = out.len / w;
+    const unsigned char *p[8];
+    for (Py_ssize_t k = 0; k < w; k++) {
+        if (views[k].len != n || out.len % w) {
+            PyErr_Format(PyExc_ValueError, "plane %zd holds %zd bytes, out %zd", k, views[k].len, out.len);
+            goto done;
+        }
+        p[k] = views[k].buf;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (w == 1) join_w(p, out.buf, n, 1, 0);
+    else if (w == 2) join_w(p, out.buf, n, 2, rotate);
+    else if (w == 4) join_w(p, out.buf, n, 4, rotate);
+    else join_w(p, out.buf, n, 8, rotate);
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    if (views != NULL)
+        free_buffers(views, w);
+    Py_XDECREF(fast);
+    release(&out, 1);
+    return res;
+}
+
+PyDoc_STRVAR(histograms_doc, "histograms(plane, chunk, out)\n\n"
+                             "Byte counts (uint32[256]) of each chunk of the plane, laid end to end in out.");
+
+static PyObject *histograms(PyObject *self, PyObject *args)
+{
+    Py_buffer src = {0}, out = {0};
+    Py_ssize_t chunk;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "y*nw*:histograms", &src, &chunk, &out))
+        return NULL;
+    if (chunk <= 0 || chunk > (1 << 30)) {
+        PyErr_Format(PyExc_ValueError, "chunk must be in 1..2^30, not %zd", chunk);
+        goto done;
+    }
+    Py_ssize_t nchunks = src.len / chunk + (src.len % chunk != 0);
+    if (check_len(&out, 4 * 256 * nchunks, "out"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *s = src.buf;
+    for (Py_ssize_t c = 0; c < nchunks; c++) {
+        uint32_t h[4][256] = {{0}}; /* four counters: a run of one byte does not wait on its own store */
+        Py_ssize_t a = c * chunk, b = a + chunk < src.len ? a + chunk : src.len, i = a;
+        for (; i + 4 <= b; i += 4) {
+            h[0][s[i]]++;
+            h[1][s[i + 1]]++;
+            h[2][s[i + 2]]++;
+            h[3][s[i + 3]]++;
+        }
+        for (; i < b; i++)
+            h[0][s[i]]++;
+        for (int k = 0; k < 256; k++) {
+            uint32_t v = h[0][k] + h[1][k] + h[2][k] + h[3][k];
+            memcpy((unsigned char *)out.buf + 4 * (256 * c + k), &v, 4);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    res = Py_NewRef(Py_None);
+done:
+    release(&src, 1);
+    release(&out, 1);
+    return res;
+}
+
+#define HUFF_BITS 11
+#define HUFF_MASK ((1u << HUFF_BITS) - 1)
+#define HUFF_GROUP 8 /* lanes decoded side by side */
+
+INLINE void st_le64(unsigned char *p, uint64_t v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(p, &v, 8);
+}
+
+PyDoc_STRVAR(huff_encode_doc, "huff_encode(symbols, codes, lengths, span, out, lane_bytes) -> bytes written\n\n"
+                              "Lanes of span symbols, each an LSB-first stream of the (bit-reversed) codes, end to end in "
+                              "out; each lane's length into lane_bytes (uint16).");
+
+static PyObject *huff_encode(PyObject *self, PyObject *args)
+{
+    Py_buffer sym = {0}, codes = {0}, lens = {0}, out = {0}, lb = {0};
+    Py_ssize_t span, total = 0;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*nw*w*:huff_encode", &sym, &codes, &lens, &span, &out, &lb))
+        return NULL;
+    Py_ssize_t m = sym.len, lanes = span > 0 ? m / span + (m % span != 0) : -1;
+    if (span <= 0 || span > 4096 || check_len(&codes, 512, "codes") || check_len(&lens, 256, "lengths") ||
+        check_len(&lb, 2 * lanes, "lane_bytes"))
+        goto done;
+    uint32_t entry[256];
+    const unsigned char *ln = lens.buf;
+    for (int k = 0; k < 256; k++) {
+        if (ln[k] > HUFF_BITS) {
+            PyErr_SetString(PyExc_ValueError, "a code length is over 11");
+            goto done;
+        }
+        entry[k] = (uint32_t)ld16(codes.buf, k) | ((uint32_t)ln[k] << 16);
+    }
+    if (out.len < (m * HUFF_BITS + 7) / 8 + lanes + 8) {
+        PyErr_Format(PyExc_ValueError, "out holds %zd bytes, the lanes need up to %zd", out.len,
+                     (m * HUFF_BITS + 7) / 8 + lanes + 8);
+        goto done;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *s = sym.buf;
+    unsigned char *o = out.buf;
+    for (Py_ssize_t l = 0; l < lanes; l++) {
+        Py_ssize_t a = l * span, b = a + span < m ? a + span : m, i = a, start = total;
+        uint64_t acc = 0;
+        int n = 0; /* bits held, < 8 after each flush: then four codes (<= 44 bits) fit */
+        for (; i + 4 <= b; i += 4) {
+            for (int j = 0; j < 4; j++) {
+                uint32_t e = entry[s[i + j]];
+                acc |= (uint64_t)(e & 0xffff) << n;
+                n += (int)(e >> 16);
+            }
+            st_le64(o + total, acc); /* whole bytes kept; the bytes past them are zeros or overwritten */
+            total += n >> 3;
+            acc >>= n & ~7;
+            n &= 7;
+        }
+        for (; i < b; i++) {
+            uint32_t e = entry[s[i]];
+            acc |= (uint64_t)(e & 0xffff) << n;
+            n += (int)(e >> 16);
+        }
+        for (; n > 0; n -= 8, acc >>= 8)
+            o[total++] = (unsigned char)acc;
+        uint16_t bytes = (uint16_t)(total - start);
+        memcpy((unsigned char *)lb.buf + 2 * l, &bytes, 2);
+    }
+    Py_END_ALLOW_THREADS
+    res = PyLong_FromSsize_t(total);
+done:
+    release(&sym, 1);
+    release(&codes, 1);
+    release(&lens, 1);
+    release(&out, 1);
+    release(&lb, 1);
+    return res;
+}
+
+/* 64 bits from byte i on; bytes beyond the stream read as zeros (as the numpy twin's padding). */
+INLINE uint64_t ld64_bounded(const unsigned char *b, Py_ssize_t len, Py_ssize_t i)
+{
+    if (i + 8 <= len) {
+        uint64_t v;
+        memcpy(&v, b + i, 8);
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        v = __builtin_bswap64(v);
+#endif
+        return v;
+    }
+    uint64_t v = 0;
+    for (Py_ssize_t k = 0; i + k < len && k < 8; k++)
+        v |= (uint64_t)b[i + k] << (8 * k);
+    return v;
+}
+
+PyDoc_STRVAR(huff_decode_doc, "huff_decode(streams, lane_bytes, table, span, out) -> first bad lane, or -1\n\n"
+                              "Decodes lanes of span symbols (lane_bytes: uint32 lengths) with the 2048-entry table "
+                              "(symbol | length << 8) into out; a lane is bad unless it ends at its length with zero padding.");
+
+static PyObject *huff_decode(PyObject *self, PyObject *args)
+{
+    Py_buffer st = {0}, lb = {0}, tb = {0}, out = {0};
+    Py_ssize_t span, bad = -1;
+    PyObject *res = NULL;
+    if (!PyArg_ParseTuple(args, "y*y*y*nw*:huff_decode", &st, &lb, &tb, &span, &out))
+        return NULL;
+    Py_ssize_t m = out.len, lanes = span > 0 ? m / span + (m % span != 0) : -1;
+    if (span <= 0 || span > 4096 || check_len(&lb, 4 * lanes, "lane_bytes") || check_len(&tb, 2 << HUFF_BITS, "table"))
+        goto done;
+    uint16_t table[1 << HUFF_BITS];
+    memcpy(table, tb.buf, sizeof table);
+    for (int k = 0; k < (1 << HUFF_BITS); k++)
+        if ((table[k] >> 8) == 0 || (table[k] >> 8) > HUFF_BITS) {
+            PyErr_SetString(PyExc_ValueError, "the table has an entry of no valid length");
+            goto done;
+        }
+    Py_ssize_t *first = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(lanes + 1));
+    if (first == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    first[0] = 0;
+    for (Py_ssize_t l = 0; l < lanes; l++) {
+        uint32_t v;
+        memcpy(&v, (const unsigned char *)lb.buf + 4 * l, 4);
+        first[l + 1] = first[l] + v;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const unsigned char *b = st.buf;
+    unsigned char *o = out.buf;
+    Py_ssize_t len = st.len;
+    for (Py_ssize_t l0 = 0; l0 < lanes; l0 += HUFF_GROUP) {
+        Py_ssize_t pos[HUFF_GROUP] = {0}, group = lanes - l0 < HUFF_GROUP ? lanes - l0 : HUFF_GROUP;
+        for (Py_ssize_t k = 0; k < group; k++)
+            pos[k] = 8 * first[l0 + k];
+        Py_ssize_t t = 0;
+        if (group == HUFF_GROUP && (l0 + HUFF_GROUP) * span <= m) /* full lanes side by side, four symbols a load */
+            for (; t + 4 <= span; t += 4)
+                for (int k = 0; k < HUFF_GROUP; k++) {
+                    uint64_t w = ld64_bounded(b, len, pos[k] >> 3) >> (pos[k] & 7);
+                    unsigned char *d = o + (l0 + k) * span + t;
+                    int used = 0;
+                    for (int j = 0; j < 4; j++) {
+                        uint16_t e = table[w & HUFF_MASK];
+                        d[j] = (unsigned char)e;
+                        w >>= e >> 8;
+                        used += e >> 8;
+                    }
+                    pos[k] += used;
+                }
+        for (Py_ssize_t k = 0; k < group; k++) {
+            Py_ssize_t a = (l0 + k) * span, stop = a + span < m ? a + span : m;
+            for (Py_ssize_t i = a + t; i < stop; i++) {
+                uint16_t e = table[(ld64_bounded(b, len, pos[k] >> 3) >> (pos[k] & 7)) & HUFF_MASK];
+                o[i] = (unsigned char)e;
+                pos[k] += e >> 8;
+            }
+            Py_ssize_t lane = l0 + k, used = pos[k] - 8 * first[lane], bytes = first[lane + 1] - first[lane];
+            int tail = (int)(used % 8);
+            unsigned char last = bytes > 0 && first[lane + 1] - 1 < len ? b[first[lane + 1] - 1] : 0;
+            if (bad < 0 && ((used + 7) / 8 != bytes || (tail && (last >> tail))))
+                bad = lane;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyMem_Free(first);
+    res = PyLong_FromSsize_t(bad);
+done:
+    release(&st, 1);
+    release(&lb, 1);
+    release(&tb, 1);
+    release(&out, 1);
+    return res;
+}
+
 static PyMethodDef methods[] = {
     {"quantize8", quantize8, METH_VARARGS, quantize8_doc},
     {"dequantize8", dequantize8, METH_VARARGS, dequantize8_doc},
     {"quantize4", quantize4, METH_VARARGS, quantize4_doc},
     {"dequantize4", dequantize4, METH_VARARGS, dequantize4_doc},
     {"hadamard", hadamard, METH_VARARGS, hadamard_doc},
+    {"split_planes", split_planes, METH_VARARGS, split_planes_doc},
+    {"join_planes", join_planes, METH_VARARGS, join_planes_doc},
+    {"histograms", histograms, METH_VARARGS, histograms_doc},
+    {"huff_encode", huff_encode, METH_VARARGS, huff_encode_doc},
+    {"huff_decode", huff_decode, METH_VARARGS, huff_decode_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -152,6 +152,8 @@ def random_spec(seed: int) -> dict[str, Any]:
 @pytest.mark.parametrize("precision", precisions())
 def test_predict_equals_report(precision: str | None, checksum: str | None) -> None:
     skip_without_kernels(precision)
+    if precision == "lossless":
+        pytest.skip("entropy coding has data-dependent sizes: predict refuses it (tested below)")
     for min_elements in (0, 4096):
         spec = random_spec(1)
         policy = None if precision is None else tc.Policy({"*": precision}, min_elements=min_elements)
@@ -309,6 +311,11 @@ def _worst_error(precision: str, x: np.ndarray[Any, Any]) -> float:
     return bounds[precision] * 1.0001
 
 
+def test_predict_refuses_the_lossless_precision() -> None:
+    with pytest.raises(ValueError, match="data-dependent"):
+        predict(random_spec(1), policy=tc.Policy({"*": "lossless"}, min_elements=0))
+
+
 @pytest.mark.parametrize("precision", precisions())
 def test_quality_columns(precision: str | None) -> None:
     skip_without_kernels(precision)
@@ -327,7 +334,7 @@ def test_quality_columns(precision: str | None) -> None:
         assert (r.rel_mse, r.sqnr_db, r.max_abs_err) == (0.0, math.inf, 0.0)
     w = rows["w"]
     x, xh = obj["w"].astype(np.float64), decoded["w"].astype(np.float64)
-    if precision is None:
+    if precision in (None, "lossless"):
         assert (w.rel_mse, w.sqnr_db, w.max_abs_err) == (0.0, math.inf, 0.0)
         assert rep.quality == {"rel_mse": 0.0, "sqnr_db": math.inf, "max_abs_err": 0.0}
         return

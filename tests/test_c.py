@@ -29,7 +29,7 @@ def _workload() -> None:
         "nested": [small, (1, "x", b"y")],
         "n": np.int64(7),
     }
-    for precision in (None, "nf4", "fp4", "blockwise8", "bf16", "minmax4"):
+    for precision in (None, "nf4", "fp4", "blockwise8", "bf16", "minmax4", "lossless"):
         policy = tc.Policy({"*": precision}, min_elements=0) if precision else None
         message = tc.encode(tree, policy=policy)
         tc.decode(message)

@@ -65,10 +65,16 @@ def test_none_keeps_lossless() -> None:
 @pytest.mark.parametrize(
     "dtype", ["int8", "int16", "int32", "int64", "uint8", "uint32", "bool", "complex64", "complex128", "float8_e4m3fn"]
 )
-@pytest.mark.parametrize("precision", list(tc.PRECISIONS))
+@pytest.mark.parametrize("precision", [p for p in tc.PRECISIONS if p != "lossless"])
 def test_non_float_sources_are_never_quantized(dtype: str, precision: str) -> None:
     r = row(dtype)
     assert Policy({"*": precision}, min_elements=0).choose("x", r, 10**6) is None
+
+
+def test_lossless_takes_whole_byte_types_but_not_bool_or_complex() -> None:
+    policy = Policy({"*": "lossless"}, min_elements=0)
+    assert all(policy.choose("x", row(d), 10**6) for d in ["int8", "uint32", "float8_e4m3fn", "bfloat16"])
+    assert all(policy.choose("x", row(d), 10**6) is None for d in ["bool", "complex64"])
 
 
 def test_ints_bool_complex_travel_bit_exact() -> None:
@@ -83,7 +89,8 @@ def test_ints_bool_complex_travel_bit_exact() -> None:
     }
     for precision in tc.PRECISIONS:
         message = tc.encode(tree, precision=precision)
-        assert set(chosen(message).values()) == {"raw"}, precision
+        if precision != "lossless":  # which codes the whole-byte types, exactly (the loop below checks)
+            assert set(chosen(message).values()) == {"raw"}, precision
         back = tc.decode(message)
         for k, v in tree.items():
             got = back[k].numpy() if isinstance(back[k], torch.Tensor) else back[k]

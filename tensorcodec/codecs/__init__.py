@@ -1,11 +1,11 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
 One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``delta``,
-``hadamard``, ``nfk``, ``mx``, ``nvfp4``) holds its codec class; ``base`` holds ``Codec``,
-``Encoded``, the registry and the helpers the families share; ``bits`` the bit packing;
-``chain`` the stage chains and pre-encoded tensors; ``precisions`` the short names. Importing
-this package registers the built-in codecs, in this order: cast, fp8, minmax, blockwise8,
-quant4, delta, hadamard, nfk, mx, nvfp4.
+``hadamard``, ``nfk``, ``mx``, ``nvfp4``, ``entropy`` with its coder ``huffman``) holds its codec
+class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families share;
+``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors; ``precisions`` the
+short names. Importing this package registers the built-in codecs, in this order: cast, fp8,
+minmax, blockwise8, quant4, delta, hadamard, nfk, mx, nvfp4, entropy.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .hadamard import Hadamard
 from .nfk import NFk
 from .mx import MX
 from .nvfp4 import NVFP4
+from .entropy import Entropy
 
 # isort: on
 from .chain import (
@@ -67,6 +68,7 @@ __all__ = [
     "Delta",
     "encode_chain",
     "Encoded",
+    "Entropy",
     "FLOAT_SOURCES",
     "FP8",
     "get_codec",

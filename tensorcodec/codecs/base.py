@@ -93,6 +93,14 @@ class Codec:
         """Encoded bits per element (payload + metadata) for a source of ``dtype``; decides skipping."""
         raise NotImplementedError
 
+    def max_bits_per_element(self, dtype: DType, count: int) -> float:
+        """The most bits per element (segments only) that ``encode`` gives; ``bits_per_element`` where sizes are fixed.
+
+        A codec whose size depends on the data (``segment_layout`` None) states its typical size in
+        ``bits_per_element``, which the policy compares with the source, and its worst case here.
+        """
+        return self.bits_per_element(dtype, count)
+
     def segment_layout(self, dtype: DType, count: int) -> dict[str, tuple[str, str, list[int]]] | None:
         """``name -> (role, dtype, shape)`` of the segments for ``count`` elements, if fixed by size alone.
 

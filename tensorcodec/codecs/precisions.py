@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from .base import Codec
 from .blockwise8 import Blockwise8
 from .cast import Cast
+from .entropy import Entropy
 from .fp8 import FP8
 from .hadamard import Hadamard
 from .minmax import MinMax
@@ -38,6 +39,7 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "mxfp4": lambda: MX("e2m1"),
     "mxint8": lambda: MX("int8"),
     "nvfp4": lambda: NVFP4(),
+    "lossless": lambda: Entropy(),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 

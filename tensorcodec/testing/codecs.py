@@ -240,6 +240,11 @@ def _check_layout(what: str, codec: Codec, row: DType, n: int, enc: Encoded) -> 
     param_bits = 8 * len(msgpack.packb(enc.params))
     stated_bits = codec.bits_per_element(row, n) * n
     slack = 8 + 1e-6 * stated_bits
+    if layout is None:  # the size depends on the data: bits_per_element is typical, max_bits_per_element bounds it
+        most = codec.max_bits_per_element(row, n) * n
+        if seg_bits > most + 8 + 1e-6 * most:
+            raise AssertionError(f"{what}: max_bits_per_element gives {most:g} bits, the segments hold {seg_bits}")
+        return
     if not (seg_bits <= stated_bits + slack and stated_bits <= seg_bits + param_bits + 2 * slack):
         raise AssertionError(
             f"{what}: bits_per_element gives {stated_bits:g} bits, the segments hold {seg_bits}"
