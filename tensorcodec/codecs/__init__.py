@@ -4,7 +4,8 @@ One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``
 codec class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families
 share; ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors;
 ``precisions`` the short names. Importing this package registers the built-in codecs, in
-this order: cast, fp8, minmax, blockwise8, quant4.
+this order: cast, fp8, minmax, blockwise8, quant4,
+topk, randk, sign (``sparse``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .fp8 import FP8
 from .minmax import MinMax
 from .blockwise8 import Blockwise8
 from .quant4 import Quant4
+from .sparse import RandK, ScaledSign, TopK
 
 # isort: on
 from .chain import (
@@ -58,6 +60,9 @@ __all__ = [
     "MinMax",
     "Blockwise8",
     "Quant4",
+    "TopK",
+    "RandK",
+    "ScaledSign",
     "PRECISIONS",
     "precision_codec",
     "FLOAT_SOURCES",

@@ -10,6 +10,7 @@ from .cast import Cast
 from .fp8 import FP8
 from .minmax import MinMax
 from .quant4 import Quant4
+from .sparse import RandK, ScaledSign, TopK
 
 PRECISIONS: dict[str, Callable[[], Codec]] = {
     "fp16": lambda: Cast("float16"),
@@ -23,6 +24,13 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "minmax4": lambda: MinMax(4),
     "minmax2": lambda: MinMax(2),
     "minmax1": lambda: MinMax(1),
+    "topk10%": lambda: TopK(0.1),
+    "topk1%": lambda: TopK(0.01),
+    "topk0.1%": lambda: TopK(0.001),
+    "randk10%": lambda: RandK(0.1),
+    "randk1%": lambda: RandK(0.01),
+    "sign": lambda: ScaledSign(),
+    "sign1": lambda: ScaledSign(4096),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 

@@ -240,7 +240,9 @@ def _check_layout(what: str, codec: Codec, row: DType, n: int, enc: Encoded) -> 
     param_bits = 8 * len(msgpack.packb(enc.params))
     stated_bits = codec.bits_per_element(row, n) * n
     slack = 8 + 1e-6 * stated_bits
-    if not (seg_bits <= stated_bits + slack and stated_bits <= seg_bits + param_bits + 2 * slack):
+    # Without a fixed layout (the index coding of topk depends on the data) the figure is an upper bound.
+    tight = layout is None or stated_bits <= seg_bits + param_bits + 2 * slack
+    if not (seg_bits <= stated_bits + slack and tight):
         raise AssertionError(
             f"{what}: bits_per_element gives {stated_bits:g} bits, the segments hold {seg_bits}"
             f" (+ {param_bits} bits of params)"
