@@ -94,7 +94,7 @@ class Policy:
         if not worth:
             return None
         if self._keyed[index]:
-            return [c.with_stream(name) if _keyed_by_name(c) else c for c in chain]
+            return [_keyed_twin(c, name) for c in chain]
         return chain
 
     def __repr__(self) -> str:
@@ -136,3 +136,10 @@ def _chain(precision: Precision) -> list[Codec] | None:
 def _keyed_by_name(codec: Codec) -> bool:
     """Whether the codec draws random numbers keyed by the tensor's name (``with_stream``)."""
     return (isinstance(codec, MinMax) and codec.stochastic) or isinstance(codec, RandK)
+
+
+def _keyed_twin(codec: Codec, name: str) -> Codec:
+    """The codec with its random numbers keyed by the tensor's name, where it draws any."""
+    if isinstance(codec, (MinMax, RandK)) and _keyed_by_name(codec):
+        return codec.with_stream(name)
+    return codec

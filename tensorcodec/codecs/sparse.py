@@ -39,7 +39,7 @@ _MAX_VARINT = 5
 
 
 def kept_count(fraction: float, count: int) -> int:
-    """Elements a sparse codec keeps of ``count``: ceil(fraction × count), at least 1 of a non-empty tensor."""
+    """Elements a sparse codec keeps of ``count``: ceil(fraction * count), at least 1 of a non-empty tensor."""
     return 0 if count == 0 else min(count, max(1, math.ceil(fraction * count)))
 
 
@@ -163,14 +163,14 @@ class _Sparse(Codec):
     def error_bound(self, x: np.ndarray[Any, Any], encoded: Encoded) -> np.ndarray[Any, Any]:
         """0 at the kept elements (sent exactly), |x| at the others (they decode as 0)."""
         arrays = {name: arr for name, (_, arr) in encoded.segments.items()}
-        bound = np.abs(x.astype(np.float64))
+        bound: np.ndarray[Any, Any] = np.abs(x.astype(np.float64))
         bound[self.kept(arrays, encoded.params, x.size)] = 0.0
         return bound
 
 
 @register_codec
 class TopK(_Sparse):
-    """The k = ceil(fraction × n) largest magnitudes, exactly; the rest decode as 0.
+    """The k = ceil(fraction * n) largest magnitudes, exactly; the rest decode as 0.
 
     Error bound: 0 at kept elements, |x| elsewhere, and every dropped |x| is at most the smallest
     kept one (so ||x - x̂||² <= (1 - k/n) ||x||²: contractive). Ties go to the lower index. NaN is
@@ -195,7 +195,7 @@ class TopK(_Sparse):
 
 @register_codec
 class RandK(_Sparse):
-    """k = ceil(fraction × n) elements drawn uniformly without replacement, exactly; the rest decode as 0.
+    """k = ceil(fraction * n) elements drawn uniformly without replacement, exactly; the rest decode as 0.
 
     The draw comes from a Philox generator keyed by ``seed`` and the tensor's ``stream`` param (the
     CRC-32 of its dotted name, as for stochastic minmax), so a run is reproducible; decoding needs
