@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .codecs import Codec, MinMax, precision_chain
+from .codecs import Codec, MinMax, RandK, precision_chain
 from .dtypes import DType
 
 __all__ = ["Policy", "DEFAULT_MIN_ELEMENTS"]
@@ -57,7 +57,7 @@ class Policy:
             self.rules.append((pattern, _chain(precision)))
         self.min_elements = min_elements
         self._compiled = [(re.compile(fnmatch.translate(p)), c) for p, c in self.rules]
-        self._keyed = [c is not None and any(isinstance(x, MinMax) and x.stochastic for x in c) for _, c in self.rules]
+        self._keyed = [c is not None and any(_keyed_by_name(x) for x in c) for _, c in self.rules]
         self._catch_all = bool(self.rules) and self.rules[0][0] == "*"
         self._worth: dict[tuple[int, str, int], bool] = {}
         """Whether rule i's chain makes a tensor of this dtype and count smaller: codecs are immutable."""
@@ -106,7 +106,7 @@ class Policy:
         if not worth:
             return None
         if self._keyed[index]:
-            return [c.with_stream(name) if isinstance(c, MinMax) and c.stochastic else c for c in chain]
+            return [_keyed_twin(c, name) for c in chain]
         return chain
 
     def __repr__(self) -> str:
@@ -143,3 +143,15 @@ def _chain(precision: Precision) -> list[Codec] | None:
     if not chain:
         raise ValueError("an empty precision chain; use None for lossless")
     return chain
+
+
+def _keyed_by_name(codec: Codec) -> bool:
+    """Whether the codec draws random numbers keyed by the tensor's name (``with_stream``)."""
+    return (isinstance(codec, MinMax) and codec.stochastic) or isinstance(codec, RandK)
+
+
+def _keyed_twin(codec: Codec, name: str) -> Codec:
+    """The codec with its random numbers keyed by the tensor's name, where it draws any."""
+    if isinstance(codec, (MinMax, RandK)) and _keyed_by_name(codec):
+        return codec.with_stream(name)
+    return codec

@@ -1,11 +1,11 @@
 """Precision codecs: the ``Codec`` base class, the registry, the chains and the built-in families.
 
 One module per family (``cast``, ``fp8``, ``minmax``, ``blockwise8``, ``quant4``, ``delta``,
-``hadamard``, ``nfk``, ``mx``, ``nvfp4``, ``entropy`` with its coder ``huffman``) holds its codec
+``hadamard``, ``nfk``, ``mx``, ``nvfp4``, ``entropy`` with its coder ``huffman``, ``sparse``) holds its codec
 class; ``base`` holds ``Codec``, ``Encoded``, the registry and the helpers the families share;
 ``bits`` the bit packing; ``chain`` the stage chains and pre-encoded tensors; ``precisions`` the
 short names. Importing this package registers the built-in codecs, in this order: cast, fp8,
-minmax, blockwise8, quant4, delta, hadamard, nfk, mx, nvfp4, entropy.
+minmax, blockwise8, quant4, delta, hadamard, nfk, mx, nvfp4, entropy, topk, randk, sign.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .nfk import NFk
 from .mx import MX
 from .nvfp4 import NVFP4
 from .entropy import Entropy
+from .sparse import RandK, ScaledSign, TopK
 
 # isort: on
 from .chain import (
@@ -85,9 +86,12 @@ __all__ = [
     "PRECISIONS",
     "Quant4",
     "Quantized",
+    "RandK",
     "register_codec",
     "registered_codecs",
+    "ScaledSign",
     "Segments",
     "STAGES",
+    "TopK",
     "unpack_bits",
 ]

@@ -15,6 +15,7 @@ from .mx import MX
 from .nfk import NFk
 from .nvfp4 import NVFP4
 from .quant4 import Quant4
+from .sparse import RandK, ScaledSign, TopK
 
 PRECISIONS: dict[str, Callable[[], Codec]] = {
     "fp16": lambda: Cast("float16"),
@@ -40,6 +41,13 @@ PRECISIONS: dict[str, Callable[[], Codec]] = {
     "mxint8": lambda: MX("int8"),
     "nvfp4": lambda: NVFP4(),
     "lossless": lambda: Entropy(),
+    "topk10%": lambda: TopK(0.1),
+    "topk1%": lambda: TopK(0.01),
+    "topk0.1%": lambda: TopK(0.001),
+    "randk10%": lambda: RandK(0.1),
+    "randk1%": lambda: RandK(0.01),
+    "sign": lambda: ScaledSign(),
+    "sign1": lambda: ScaledSign(4096),
 }
 """Short precision names accepted by ``encode(precision=...)`` and policies."""
 
