@@ -34,7 +34,7 @@ def skip_without_kernels(precision: str | None) -> None:
 
 
 def precisions() -> list[Any]:
-    return [pytest.param(None, id="lossless"), *(pytest.param(p, id=p) for p in PRECISIONS)]
+    return [pytest.param(None, id="none"), *(pytest.param(p, id=p) for p in PRECISIONS)]
 
 
 def model(seed: int = 0) -> dict[str, Any]:
@@ -152,8 +152,8 @@ def random_spec(seed: int) -> dict[str, Any]:
 @pytest.mark.parametrize("precision", precisions())
 def test_predict_equals_report(precision: str | None, checksum: str | None) -> None:
     skip_without_kernels(precision)
-    if precision == "lossless":
-        pytest.skip("entropy coding has data-dependent sizes: predict refuses it (tested below)")
+    if precision is not None and precision.startswith(("lossless", "topk", "randk")):
+        pytest.skip("data-dependent sizes (entropy coding, sparse index coding): predict refuses them (tested below)")
     for min_elements in (0, 4096):
         spec = random_spec(1)
         policy = None if precision is None else tc.Policy({"*": precision}, min_elements=min_elements)
@@ -305,15 +305,19 @@ def _worst_error(precision: str, x: np.ndarray[Any, Any]) -> float:
     }.items():
         bounds[name] = (2.0 ** (emax - m) + max(2.0 ** (emax + 1) - top, 0.0)) / 2.0**emax * absmax
     bounds["mxint8"] = (1 / 128 + 1 / 64) * absmax
+    for name in ("topk10%", "topk1%", "topk0.1%", "randk10%", "randk1%"):
+        bounds[name] = absmax  # a dropped element decodes as 0
+    bounds["sign"] = bounds["sign1"] = 2 * absmax  # | |x| - s | with s <= absmax
     bounds["nvfp4"] = absmax / 6 * 1.0625 * (6.375 / 4 + 0.375)  # d <= amax / 6 (1 + 2^-4), y <= 6.375
     if precision.startswith("minmax"):
         return span / (2 ** int(precision[6:]) - 1) / 2 * 1.0001
     return bounds[precision] * 1.0001
 
 
-def test_predict_refuses_the_lossless_precision() -> None:
+@pytest.mark.parametrize("precision", ["lossless", "topk1%", "randk10%"])
+def test_predict_refuses_data_dependent_precisions(precision: str) -> None:
     with pytest.raises(ValueError, match="data-dependent"):
-        predict(random_spec(1), policy=tc.Policy({"*": "lossless"}, min_elements=0))
+        predict(random_spec(1), policy=tc.Policy({"*": precision}, min_elements=0))
 
 
 @pytest.mark.parametrize("precision", precisions())

@@ -258,7 +258,7 @@ def test_stochastic_minmax_gets_a_stream_per_name() -> None:
 
 def test_names_are_built_only_when_read() -> None:
     """A catch-all first rule never reads names, so encode skips them, yet an error still names its tensor."""
-    from example_codec import SignScale
+    from _codec_helpers import SignScale
 
     assert not Policy({"*": "nf4"}).needs_names
     assert Policy({"*.weight": "nf4"}).needs_names

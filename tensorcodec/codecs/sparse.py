@@ -175,6 +175,13 @@ class TopK(_Sparse):
     Error bound: 0 at kept elements, |x| elsewhere, and every dropped |x| is at most the smallest
     kept one (so ||x - x̂||² <= (1 - k/n) ||x||²: contractive). Ties go to the lower index. NaN is
     refused with ValueError; ±Inf ranks largest and is kept exactly.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> update = {"w": np.array([0.5, -3.0, 0.25, 2.0], np.float32)}
+        >>> policy = tc.Policy({"*": tc.TopK(0.5)}, min_elements=0)
+        >>> tc.decode(tc.encode(update, policy=policy))["w"].tolist()
+        [0.0, -3.0, 0.0, 2.0]
     """
 
     codec_id = "topk"
@@ -201,6 +208,13 @@ class RandK(_Sparse):
     CRC-32 of its dotted name, as for stochastic minmax), so a run is reproducible; decoding needs
     neither, the indices travel. Error bound as ``topk``'s: 0 at kept elements, |x| elsewhere;
     E||x - x̂||² = (1 - k/n) ||x||² (contractive in expectation). NaN is refused with ValueError.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> update = {"w": np.array([0.5, -3.0, 0.25, 2.0], np.float32)}
+        >>> policy = tc.Policy({"*": tc.RandK(0.5, seed=1)}, min_elements=0)
+        >>> tc.decode(tc.encode(update, policy=policy))["w"].tolist()
+        [0.5, 0.0, 0.0, 2.0]
     """
 
     codec_id = "randk"
@@ -238,6 +252,13 @@ class ScaledSign(Codec):
     element (exact by construction, the sign is kept) plus fp32 rounding of s; x̂ minimises
     ||x - x̂|| over sign patterns scaled by one s with this sign, and ||x - x̂||² = ||x||² - n s²
     <= ||x||² (contractive). NaN/Inf (and float64 beyond fp32) are refused with ValueError.
+
+    Examples:
+        >>> import numpy as np, tensorcodec as tc
+        >>> update = {"w": np.array([0.5, -3.0, 0.25, 2.0], np.float32)}
+        >>> policy = tc.Policy({"*": tc.ScaledSign()}, min_elements=0)
+        >>> tc.decode(tc.encode(update, policy=policy))["w"].tolist()
+        [1.4375, -1.4375, 1.4375, 1.4375]
     """
 
     codec_id = "sign"
