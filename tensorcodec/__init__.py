@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ._c import native_enabled, set_native
 from ._version import __version__
+from .aggregation import Aggregator, aggregate
 from .budget import BudgetPolicy, budget_policy
 from .codecs import (
     FP8,
@@ -26,6 +27,7 @@ from .codecs import (
 from .core import decode, encode, encode_frames, encode_into
 from .dtypes import DTYPES, DType
 from .errors import ChecksumError, DecodeError, UnknownCodecError
+from .feedback import ErrorFeedback
 from .files import dump, load
 from .policy import DEFAULT_MIN_ELEMENTS, Policy
 from .stream import DEFAULT_MAX_FRAME_BYTES, StreamDecoder, StreamTensor, decode_stream, encode_stream
@@ -46,6 +48,9 @@ __all__ = [
     "load",
     "Limits",
     "Policy",
+    "ErrorFeedback",
+    "Aggregator",
+    "aggregate",
     "budget_policy",
     "BudgetPolicy",
     "DEFAULT_MIN_ELEMENTS",

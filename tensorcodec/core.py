@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,8 +28,9 @@ from .codecs import (
     encode_chain,
 )
 from .dtypes import DType
-from .leaves import LITTLE, NUMPY_NATIVE, Leaf, leaf_from_numpy, leaf_from_torch, values
-from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of
+from .feedback import ErrorFeedback
+from .leaves import LITTLE, NUMPY_NATIVE, SCALAR, Leaf, leaf_from_numpy, leaf_from_torch, values
+from .materialize import Framework, Materializer, MessageTensors, converted, kinds_of, scalar_error
 from .policy import Policy, Precision
 from .reference import References, is_delta, rebuild, with_deltas
 from .wire.header import (
@@ -47,7 +49,17 @@ from .wire.header import (
 from .wire.rope import Rope
 from .wire.tree import flatten, unflatten
 
-__all__ = ["encode", "encode_frames", "encode_into", "decode", "encode_leaf", "WireTensor", "Framework"]
+__all__ = [
+    "encode",
+    "encode_frames",
+    "encode_into",
+    "decode",
+    "open_message",
+    "TensorSlot",
+    "encode_leaf",
+    "WireTensor",
+    "Framework",
+]
 
 _BATCH_MAX_ELEMENTS = 1 << 16
 """Tensors up to this size that share a codec are encoded (and decoded) in one batch call (per-call overhead)."""
@@ -218,6 +230,7 @@ def encode_frames(
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
     reference: Any = None,
+    feedback: ErrorFeedback | None = None,
 ) -> list[Any]:
     """The message as a list of buffers, for scatter-gather transports.
 
@@ -236,18 +249,34 @@ def encode_frames(
         >>> tc.decode(frames)["w"]
         array([0., 1., 2., 3.])
     """
-    return _frames(obj, precision, policy, checksum, max_depth, reference)[0]
+    frames, _, done = _frames(obj, precision, policy, checksum, max_depth, reference, feedback)
+    done()
+    return frames
 
 
 _PADDING = [memoryview(ZEROS)[:n] for n in range(ALIGN)]
 
 
 def _frames(
-    obj: Any, precision: Precision, policy: Any, checksum: str | None, max_depth: int, reference: Any = None
-) -> tuple[list[Any], int]:
-    """The frames of ``encode_frames`` and their total size."""
-    if reference is not None:
-        obj = with_deltas(obj, reference, Policy.of(precision, policy))
+    obj: Any,
+    precision: Precision,
+    policy: Any,
+    checksum: str | None,
+    max_depth: int,
+    reference: Any = None,
+    feedback: ErrorFeedback | None = None,
+) -> tuple[list[Any], int, Callable[[], None]]:
+    """The frames of ``encode_frames``, their total size, and what to call once they are made (feedback's commit)."""
+    done = _nothing
+    if reference is not None or feedback is not None:
+        rules = Policy.of(precision, policy)
+        refs = References(reference) if reference is not None else None
+        if feedback is not None:
+            feedback_round = feedback.round(refs)
+            obj = feedback_round.apply(obj, rules)
+            done = feedback_round.commit
+        if refs is not None:
+            obj = with_deltas(obj, refs, rules)
     prefix, segments = _plan(obj, precision, policy, checksum, max_depth)
     frames: list[Any] = [prefix]
     append = frames.append
@@ -260,7 +289,11 @@ def _frames(
                 append(_PADDING[pad])
             append(seg)
             pos += pad + n
-    return frames, pos
+    return frames, pos, done
+
+
+def _nothing() -> None:
+    pass
 
 
 def encode(
@@ -271,6 +304,7 @@ def encode(
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
     reference: Any = None,
+    feedback: ErrorFeedback | None = None,
 ) -> bytes:
     """Encode a tree of containers, scalars and tensors into one message.
 
@@ -283,8 +317,10 @@ def encode(
     tensor's bytes are copied once, into the result. With ``reference`` (a
     model the receiver holds), each tensor it holds under the same name, dtype
     and shape is sent as its difference from it (``tensorcodec.reference``),
-    which ``decode(..., reference=...)`` adds back. Raises TypeError naming
-    the path of an object that cannot be encoded.
+    which ``decode(..., reference=...)`` adds back. ``feedback`` (an
+    ``ErrorFeedback``) adds each quantized tensor's residual from the last
+    message before quantizing and keeps the new one (``tensorcodec.feedback``).
+    Raises TypeError naming the path of an object that cannot be encoded.
 
     Examples:
         >>> import numpy as np, tensorcodec as tc
@@ -300,7 +336,13 @@ def encode(
             ...
         TypeError: root['w']: cannot encode an object of type builtins.object; supported: ...
     """
-    frames, size = _frames(obj, precision, policy, checksum, max_depth, reference)
+    frames, size, done = _frames(obj, precision, policy, checksum, max_depth, reference, feedback)
+    message = _joined(frames, size)
+    done()
+    return message
+
+
+def _joined(frames: list[Any], size: int) -> bytes:
     fast = _c.wire()
     if fast is not None:
         # One copy, into memory placed for huge pages from 2 MiB; the frames are dropped as they are
@@ -331,6 +373,7 @@ def encode_into(
     checksum: str | None = None,
     max_depth: int = DEFAULT_LIMITS.max_depth,
     reference: Any = None,
+    feedback: ErrorFeedback | None = None,
 ) -> int:
     """Encode into a caller-owned writable buffer (reused across calls); returns the bytes written.
 
@@ -343,13 +386,14 @@ def encode_into(
         >>> tc.decode(memoryview(buffer)[:n])["w"]
         array([0., 1., 2., 3.])
     """
-    frames, size = _frames(obj, precision, policy, checksum, max_depth, reference)
+    frames, size, done = _frames(obj, precision, policy, checksum, max_depth, reference, feedback)
     dst = np.frombuffer(out, dtype=np.uint8)
     if dst.flags.writeable is False:
         raise ValueError("encode_into needs a writable buffer")
     if size > dst.size:
         raise ValueError(f"buffer of {dst.size} bytes is too small: the message needs {size}")
     copy_frames(frames, dst)
+    done()
     return size
 
 
@@ -394,6 +438,44 @@ def decode(
     coded = _Coded(header.entries, header.offsets, rope, header.budget, refs)
     tensors = MessageTensors(header, rope, framework, copy, device, coded.tensor)
     return unflatten(header.tree, tensors.tensor, len(header.entries), limits.max_depth, tensors.routes())
+
+
+class TensorSlot:
+    """Where ``open_message`` leaves a tensor in the tree: its table index, how it was sent, dtype and shape."""
+
+    __slots__ = ("dtype", "index", "kind", "shape")
+
+    def __init__(self, index: int, kind: int, dtype: DType, shape: tuple[int, ...]) -> None:
+        self.index = index
+        self.kind = kind
+        """NUMPY, TORCH or SCALAR (``tensorcodec.leaves``): what the sender held."""
+        self.dtype = dtype
+        self.shape = shape
+
+
+def open_message(
+    data: Any, *, verify: bool = True, limits: Limits = DEFAULT_LIMITS, reference: Any = None
+) -> tuple[Any, Callable[[int], np.ndarray[Any, Any]]]:
+    """A validated message's tree with a ``TensorSlot`` for each tensor, and a function that decodes one of them.
+
+    For readers that hold one tensor at a time (``tensorcodec.aggregate``): ``take(index)`` gives
+    tensor ``index`` as a numpy array (read-only where it is a view of ``data``) and keeps nothing.
+    Raises DecodeError as ``decode`` does.
+    """
+    rope = Rope(data)
+    header = parse_message(rope, limits, verify)
+    refs = References(reference) if reference is not None else None
+    coded = _Coded(header.entries, header.offsets, rope, header.budget, refs)
+    tensors = MessageTensors(header, rope, "numpy", False, None, coded.tensor)
+    entries = header.entries
+
+    def slot(index: int, kind: int) -> TensorSlot:
+        entry = entries[index]
+        if kind == SCALAR and entry.shape:
+            raise scalar_error(index, entry.shape)
+        return TensorSlot(index, kind, entry.dtype, entry.shape)
+
+    return unflatten(header.tree, slot, len(entries), limits.max_depth), tensors.take
 
 
 class _Coded:

@@ -293,14 +293,26 @@ class MessageTensors:
         key = index << 2 | kind
         value = self.cache.get(key)
         if value is None:
-            try:
-                value = self.cache[key] = self._materialize(self.entries[index], index, kind, view)
-            except TypeError as e:
-                raise DecodeError(f"tensor {index}: {e}") from None
-            except DecodeError as e:
-                e.args = (f"tensor {index}: {e}",)  # (keeps the subclass and its attributes)
-                raise
+            value = self.cache[key] = self._made(index, kind, view)
         return value
+
+    def take(self, index: int) -> np.ndarray[Any, Any]:
+        """Tensor ``index`` as a numpy array, kept nowhere: for readers that use one tensor at a time."""
+        views = self.views
+        view = views[index] if views else None
+        if view is not None and not self.copy:
+            return view  # type: ignore[no-any-return]
+        value: np.ndarray[Any, Any] = self._made(index, NUMPY, view)
+        return value
+
+    def _made(self, index: int, kind: int, view: Any) -> Any:
+        try:
+            return self._materialize(self.entries[index], index, kind, view)
+        except TypeError as e:
+            raise DecodeError(f"tensor {index}: {e}") from None
+        except DecodeError as e:
+            e.args = (f"tensor {index}: {e}",)  # (keeps the subclass and its attributes)
+            raise
 
     def _materialize(self, entry: Entry, index: int, kind: int, view: Any) -> Any:
         make = self.make

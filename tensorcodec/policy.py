@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from . import dtypes
 from .codecs import Codec, MinMax, RandK, precision_chain
 from .dtypes import DType
 
@@ -142,6 +143,12 @@ def _chain(precision: Precision) -> list[Codec] | None:
     chain = [codec for p in precision for codec in precision_chain(p)]
     if not chain:
         raise ValueError("an empty precision chain; use None for lossless")
+    for codec in chain[:-1]:
+        if all(codec.output_dtype(dtypes.BY_NAME[name]) is None for name in codec.sources):
+            raise ValueError(
+                f"{codec!r} hands no array to the next stage, so it can only end a chain;"
+                f" put it last (e.g. {[*(c for c in chain if c is not codec), codec]!r})"
+            )
     return chain
 
 

@@ -25,20 +25,20 @@ from .dtypes import DType
 from .errors import DecodeError
 from .leaves import leaf_from_numpy, leaf_from_torch, values
 from .policy import Policy
-from .wire.tree import named_leaves
+from .wire.tree import map_tensors, named_leaves
 
-__all__ = ["References", "with_deltas", "delta_of", "is_delta", "rebuild", "digest"]
+__all__ = ["References", "with_deltas", "delta_of", "is_delta", "rebuild", "digest", "is_tensor", "flat_values"]
 
 _FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
-def _is_tensor(node: Any) -> bool:
+def is_tensor(node: Any) -> bool:
     return isinstance(node, np.ndarray) or (
         hasattr(node, "dtype") and hasattr(node, "shape") and hasattr(node, "data_ptr")
     )
 
 
-def _flat_values(value: Any) -> tuple[np.ndarray[Any, Any], DType, tuple[int, ...]] | None:
+def flat_values(value: Any) -> tuple[np.ndarray[Any, Any], DType, tuple[int, ...]] | None:
     """A tensor's values as a flat little-endian numpy array (bf16 and fp8 as ml_dtypes), its row and shape."""
     leaf = leaf_from_numpy(value) if isinstance(value, np.ndarray) else leaf_from_torch(value)
     if leaf is None:
@@ -58,40 +58,26 @@ class References:
         if isinstance(reference, References):
             self._tensors: dict[str, Any] = reference._tensors
         else:
-            self._tensors = dict(named_leaves(reference, _is_tensor))
+            self._tensors = dict(named_leaves(reference, is_tensor))
         self._read: dict[str, tuple[np.ndarray[Any, Any], DType, tuple[int, ...], int] | None] = {}
 
     def get(self, name: str) -> tuple[np.ndarray[Any, Any], DType, tuple[int, ...], int] | None:
         """(flat values, dtype, shape, digest) of the reference tensor ``name``, or None if it has none."""
         if name not in self._read:
             value = self._tensors.get(name)
-            got = _flat_values(value) if value is not None else None
+            got = flat_values(value) if value is not None else None
             self._read[name] = None if got is None else (*got, digest(got[0]))
         return self._read[name]
 
 
 def with_deltas(tree: Any, reference: Any, policy: Policy | None) -> Any:
     """``tree`` with every tensor that ``reference`` holds under its name replaced by its delta (a ``Quantized``)."""
-    refs = References(reference)
-    done: dict[int, Any] = {}  # one tensor under several names is one delta
-
-    def visit(node: Any, path: str) -> Any:
-        if isinstance(node, dict):
-            return {k: visit(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
-        if isinstance(node, (list, tuple)):
-            items = [visit(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node)]
-            return items if isinstance(node, list) else tuple(items)
-        if not _is_tensor(node):
-            return node
-        if id(node) not in done:
-            done[id(node)] = _delta(node, path, refs, policy)
-        return done[id(node)]
-
-    return visit(tree, "")
+    refs = reference if isinstance(reference, References) else References(reference)
+    return map_tensors(tree, is_tensor, lambda node, path: _delta(node, path, refs, policy))
 
 
 def _delta(x: Any, name: str, refs: References, policy: Policy | None) -> Any:
-    got = _flat_values(x)
+    got = flat_values(x)
     if got is None:
         return x
     flat, row, shape = got

@@ -24,7 +24,8 @@ from .codecs import check_coded, decode_segments
 from .core import encode_leaf
 from .dtypes import DType
 from .errors import ChecksumError, DecodeError
-from .leaves import NUMPY, SCALAR, TORCH, Leaf, values
+from .feedback import ErrorFeedback, FeedbackRound
+from .leaves import NUMPY, SCALAR, TORCH, Leaf, leaf_from_torch, values
 from .materialize import Framework, Materializer, kinds_of, scalar_error
 from .policy import Policy, Precision
 from .reference import References, delta_of, is_delta, rebuild
@@ -74,6 +75,7 @@ def encode_stream(
     max_depth: int = DEFAULT_LIMITS.max_depth,
     stream_id: int | None = None,
     reference: Any = None,
+    feedback: ErrorFeedback | None = None,
 ) -> Iterator[bytes]:
     """The message as a stream of frames, each at most ``max_frame_bytes`` long.
 
@@ -84,7 +86,8 @@ def encode_stream(
     unchanged until the iterator is exhausted. ``names`` puts each tensor's
     dotted path in its record, for receivers that use tensors as they arrive.
     ``stream_id`` (a random u64 by default) tags every frame of the stream.
-    ``reference`` sends deltas, each computed when its tensor's turn comes (see ``encode``).
+    ``reference`` sends deltas, each computed when its tensor's turn comes (see ``encode``);
+    ``feedback``'s residuals are stored once the last frame has been produced.
 
     Examples:
         >>> import numpy as np, tensorcodec as tc
@@ -108,7 +111,8 @@ def encode_stream(
     want_paths = names or rules is not None or refs is not None
     tree, leaves, paths = flatten(obj, max_depth, names=want_paths, devices=devices)
     framer = Framer(stream_id, max_frame_bytes - FRAME_HEADER_SIZE)
-    return _frames(framer, tree, leaves, devices, paths, names, rules, checksum, refs)
+    feedback_round = feedback.round(refs) if feedback is not None else None
+    return _frames(framer, tree, leaves, devices, paths, names, rules, checksum, refs, feedback_round)
 
 
 def _frames(
@@ -121,6 +125,7 @@ def _frames(
     rules: Policy | None,
     checksum: str | None,
     refs: References | None = None,
+    feedback_round: FeedbackRound | None = None,
 ) -> Iterator[bytes]:
     """The body of ``encode_stream``: one record and its segments per tensor, then the end record."""
     count = len(leaves)
@@ -134,12 +139,16 @@ def _frames(
             entry, segments = leaf.encoded.wire_entry()
         else:
             chain = rules.choose(path, leaf.dtype, math.prod(leaf.shape)) if rules is not None else None
-            delta = None
-            if refs is not None and i not in devices:
-                kind = "torch" if leaf.kind == TORCH else "numpy"
-                delta = delta_of(values(leaf).reshape(-1), leaf.dtype, leaf.shape, kind, path, refs, chain)
-            if delta is not None:
-                entry, segments = delta.wire_entry()
+            ready = None
+            kind = "torch" if leaf.kind == TORCH else "numpy"
+            if feedback_round is not None and chain is not None:
+                if i in devices:
+                    leaf = leaf_from_torch(devices.pop(i))  # type: ignore[assignment]
+                ready = feedback_round.tensor(values(leaf).reshape(-1), leaf.dtype, leaf.shape, kind, path, chain)
+            if ready is None and refs is not None and i not in devices:
+                ready = delta_of(values(leaf).reshape(-1), leaf.dtype, leaf.shape, kind, path, refs, chain)
+            if ready is not None:
+                entry, segments = ready.wire_entry()
             else:
                 entry, segments = encode_leaf(chain, leaf, path, devices.pop(i, None))
         fields: dict[str, Any] = {"index": i, "entry": entry}
@@ -153,7 +162,10 @@ def _frames(
             yield from framer.add(seg)
         del leaf, entry, segments
     yield from framer.add(pack_record({"tree": tree, "count": count}))
-    yield framer.flush(last=True)
+    last = framer.flush(last=True)
+    if feedback_round is not None:
+        feedback_round.commit()
+    yield last
 
 
 # ---------------------------------------------------------------------------- decoding

@@ -19,9 +19,23 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("leaves in", ["leaves"]),
     ("byte format", ["wire"]),
     ("leaves out", ["materialize"]),
-    ("policy", ["policy", "reference"]),
+    ("policy", ["policy", "reference", "feedback"]),
     ("encode and decode", ["core"]),
-    ("on top", ["stream", "files", "accounting", "budget", "charts", "interop", "models", "testing", "integrations"]),
+    (
+        "on top",
+        [
+            "stream",
+            "files",
+            "aggregation",
+            "accounting",
+            "budget",
+            "charts",
+            "interop",
+            "models",
+            "testing",
+            "integrations",
+        ],
+    ),
     ("entry points", ["cli", "__main__", "transports", "__init__"]),
 ]
 MAX_LINES = 600

@@ -280,3 +280,12 @@ def test_a_policy_that_matches_no_tensor_says_how_names_look() -> None:
         warnings.simplefilter("error")
         tc.encode(tree, policy={"*.b": "nf4"})
         tc.encode({"w": np.ones(10, np.float32)}, policy={"w": "nf4"})  # matched, only too small
+
+
+def test_a_stage_that_hands_no_array_on_must_end_its_chain() -> None:
+    """[topk, bf16] could never apply the cast: refused when the policy is built, not sent lossless."""
+    with pytest.raises(ValueError, match=r"TopK\(fraction=0\.01\) hands no array.*put it last.*Cast.*TopK"):
+        Policy({"*": [tc.TopK(0.01), "bf16"]})
+    with pytest.raises(ValueError, match="hands no array"):
+        Policy({"*": ["nf4", "bf16"]})
+    assert Policy({"*": ["bf16", tc.TopK(0.01)]}, min_elements=0).choose("w", by_name("float32"), 100)

@@ -80,6 +80,12 @@ class Codec:
     codec_id: ClassVar[str] = ""
     sources: ClassVar[frozenset[str]] = FLOAT_SOURCES
     lossless: ClassVar[bool] = False
+    contractive: ClassVar[bool] = False
+    """Whether ||x - x̂|| <= δ ||x|| with δ < 1 for every input: what makes ``ErrorFeedback`` converge.
+
+    True of lossless codecs, of absmax codes with an exact zero (an element never moves further than
+    to 0) and of sparsifiers; false of min/max, whose levels need not include 0.
+    """
 
     def get_config(self) -> dict[str, Any]:
         """The JSON-able keyword arguments that rebuild this codec."""

@@ -364,6 +364,7 @@ class Blockwise8(Codec):
     """
 
     codec_id = "blockwise8"
+    contractive = True
 
     def __init__(self, blocksize: int = 4096) -> None:
         if type(blocksize) is not int or blocksize not in BLOCKSIZES:

@@ -32,6 +32,7 @@ class Cast(Codec):
     """
 
     codec_id = "cast"
+    contractive = True
     _TARGETS: ClassVar[dict[str, float]] = {
         "float16": 65504.0,
         "bfloat16": float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),  # type: ignore[no-untyped-call]

@@ -46,6 +46,7 @@ class FP8(Codec):
     """
 
     codec_id = "fp8"
+    contractive = True
     _FORMATS: ClassVar[dict[str, str]] = {"e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 
     def __init__(self, format: str = "e4m3", block: int = 0) -> None:

@@ -156,6 +156,7 @@ class Hadamard(Codec):
     """
 
     codec_id = "hadamard"
+    contractive = True
 
     def __init__(self, block: int = 128, seed: int = 0) -> None:
         if type(block) is not int or not 2 <= block <= MAX_BLOCK or block & (block - 1):

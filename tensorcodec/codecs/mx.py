@@ -235,6 +235,7 @@ class MX(Codec):
     """
 
     codec_id = "mx"
+    contractive = True
     _FORMATS: ClassVar[tuple[str, ...]] = tuple(ELEMENTS)
 
     def __init__(self, format: str = "e4m3") -> None:

@@ -119,6 +119,7 @@ class NFk(Codec):
     """
 
     codec_id = "nfk"
+    contractive = True
 
     def __init__(self, bits: int = 3, blocksize: int = 64, double_quant: bool = True) -> None:
         if type(bits) is not int or bits not in TABLES:

@@ -96,6 +96,7 @@ class NVFP4(Codec):
     """
 
     codec_id = "nvfp4"
+    contractive = True
 
     def bits_per_element(self, dtype: DType, count: int) -> float:
         return 8.0 * (packed_size(count, 4) + -(-count // BLOCK) + 4) / max(count, 1)

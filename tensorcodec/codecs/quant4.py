@@ -436,6 +436,7 @@ class Quant4(Codec):
     """
 
     codec_id = "quant4"
+    contractive = True
 
     def __init__(self, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True) -> None:
         if quant_type not in ("nf4", "fp4"):

@@ -91,6 +91,8 @@ def _read_varint_gaps(data: np.ndarray[Any, Any], k: int, count: int) -> np.ndar
 class _Sparse(Codec):
     """What top-k and random-k share: k from the fraction, the index coding, decode and the bound."""
 
+    contractive = True
+
     def __init__(self, fraction: float) -> None:
         if not isinstance(fraction, float) or not 0.0 < fraction <= 1.0:
             raise ValueError(f"{self.codec_id} fraction must be a float in (0, 1], not {fraction!r}")
@@ -206,7 +208,9 @@ class RandK(_Sparse):
 
     The draw comes from a Philox generator keyed by ``seed`` and the tensor's ``stream`` param (the
     CRC-32 of its dotted name, as for stochastic minmax), so a run is reproducible; decoding needs
-    neither, the indices travel. Error bound as ``topk``'s: 0 at kept elements, |x| elsewhere;
+    neither, the indices travel. The same seed, name and size draw the same indices on every call:
+    in a training loop pass a new seed each round (``RandK(0.01, seed=round)``), or only those
+    coordinates ever move. Error bound as ``topk``'s: 0 at kept elements, |x| elsewhere;
     E||x - x̂||² = (1 - k/n) ||x||² (contractive in expectation). NaN is refused with ValueError.
 
     Examples:
@@ -262,6 +266,7 @@ class ScaledSign(Codec):
     """
 
     codec_id = "sign"
+    contractive = True
 
     def __init__(self, block: int = 0) -> None:
         if not isinstance(block, int) or isinstance(block, bool) or block < 0 or block > 1 << 24:

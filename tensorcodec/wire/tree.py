@@ -46,6 +46,7 @@ from . import header as wire
 
 __all__ = [
     "flatten",
+    "map_tensors",
     "Flat",
     "unflatten",
     "format_path",
@@ -511,6 +512,29 @@ def _finish(tree: Any, max_depth: int, expand: Callable[[bytes], _Tuple]) -> Any
     for parent, key, marker in reversed(fixups):
         parent[key] = tuple(marker)
     return holder[0]
+
+
+def map_tensors(obj: Any, is_leaf: Callable[[Any], bool], change: Callable[[Any, str], Any]) -> Any:
+    """A copy of the containers of ``obj`` with every leaf replaced by ``change(leaf, dotted path)``.
+
+    A leaf placed under several paths (tied weights) is changed once, at its first path, and the
+    result placed under all of them. Leaves of other kinds are kept as they are.
+    """
+    done: dict[int, Any] = {}
+
+    def visit(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            return {k: visit(v, f"{path}.{k}" if path else str(k)) for k, v in node.items()}
+        if isinstance(node, (list, tuple)):
+            items = [visit(v, f"{path}.{i}" if path else str(i)) for i, v in enumerate(node)]
+            return items if isinstance(node, list) else tuple(items)
+        if not is_leaf(node):
+            return node
+        if id(node) not in done:
+            done[id(node)] = change(node, path)
+        return done[id(node)]
+
+    return visit(obj, "")
 
 
 def named_leaves(obj: Any, is_leaf: Callable[[Any], bool]) -> list[tuple[str, Any]]:

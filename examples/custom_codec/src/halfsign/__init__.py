@@ -43,4 +43,5 @@ class SignCodec(tc.Codec):
     def error_bound(self, x: np.ndarray, encoded: tc.Encoded) -> np.ndarray:
         scale = np.float32(encoded.params["scale"])
         values = x.astype(np.float64)
-        return np.abs(np.abs(values) - float(scale)) * (1 + 2**-20) + 2.0 * np.finfo(x.dtype).eps * float(scale) + 1e-30
+        tiny = float(np.finfo(x.dtype).smallest_subnormal)  # rounding x̂ to a subnormal of x.dtype
+        return np.abs(np.abs(values) - float(scale)) * (1 + 2**-20) + 2.0 * np.finfo(x.dtype).eps * float(scale) + tiny
