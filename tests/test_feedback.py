@@ -146,6 +146,9 @@ def test_contractive_codecs_never_move_a_tensor_further_than_its_norm(data: st.D
     x = data.draw(arrays(dtype, max_size=300, layouts=False))
     with np.errstate(invalid="ignore"):
         wide = np.nan_to_num(x.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)  # the codecs refuse NaN/Inf
+    # Magnitudes near the fp32 maximum overflow nf4's fp32 double-quantized scales, which encode refuses
+    # with a ValueError (tested in test_codecs_quant4); keep the inputs a decade below them.
+    wide = np.clip(wide, -1e37, 1e37)
     x = wide.astype(x.dtype)
     got = tc.decode(tc.encode({"x": x}, policy=_policy(precision)))["x"].astype(np.float64)
     assert np.linalg.norm(wide - got) <= np.linalg.norm(wide) * (1 + 1e-6) + 1e-30
